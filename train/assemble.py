@@ -1,0 +1,201 @@
+"""Build a fresh DreamLLM folder (before stage 1) from pretrained components in their native formats.
+
+    python -m train.assemble --llm lmsys/vicuna-7b-v1.1 --vision openai/clip-vit-large-patch14 \
+        --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-7b-init
+    python -m train.assemble --preset tiny-random --output /tmp/dreamllm-tiny
+
+The folder is the one layout every part of the project reads and writes: its root is the transformers remote-code
+model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion decoder.
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, GenerationConfig
+from transformers.image_utils import PILImageResampling
+
+from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
+from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
+from processing_dreamllm import DreamLLMProcessor
+
+# The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
+ADDED_TOKENS = ["<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>", "<dream_end>"]
+DECODER_SUBFOLDERS = ("unet", "vae", "scheduler")
+AUTO_MAP = {
+    "AutoConfig": "configuration_dreamllm.DreamLLMConfig",
+    "AutoModel": "modeling_dreamllm.DreamLLMModel",
+    "AutoModelForCausalLM": "modeling_dreamllm.DreamLLMForCausalLM",
+    "AutoModelForImageTextToText": "modeling_dreamllm.DreamLLMForCausalLM",
+}
+
+
+def register_auto_classes(config: DreamLLMConfig):
+    """Make `save_pretrained` copy the code files and write `auto_map` for every Auto class we support."""
+    DreamLLMConfig.register_for_auto_class()
+    DreamLLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    DreamLLMProcessor.register_for_auto_class()
+    config.auto_map = dict(AUTO_MAP)
+
+
+def add_special_tokens(tokenizer) -> None:
+    """Add `[PAD]` (when missing) and the seven DreamLLM tokens, as the official training script does."""
+    special = {"additional_special_tokens": ADDED_TOKENS}
+    if tokenizer.pad_token is None:
+        special["pad_token"] = "[PAD]"
+    tokenizer.add_special_tokens(special)
+
+
+def diffusion_image_processor(resolution: int) -> CLIPImageProcessor:
+    """Targets for the diffusion decoder: resize + center crop to its resolution, values in [-1, 1], no flip."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": resolution},
+        crop_size={"height": resolution, "width": resolution},
+        resample=PILImageResampling.BILINEAR,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+
+
+def decoder_geometry(diffusion_path: Path) -> tuple[int, int]:
+    """(cross-attention width, image resolution) of a Stable Diffusion folder, read from its configs."""
+    unet = json.loads((diffusion_path / "unet" / "config.json").read_text())
+    vae = json.loads((diffusion_path / "vae" / "config.json").read_text())
+    cross_attention_dim = unet["cross_attention_dim"]
+    if not isinstance(cross_attention_dim, int):
+        raise ValueError(f"unsupported UNet cross_attention_dim {cross_attention_dim!r}: expected one integer")
+    vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return cross_attention_dim, unet["sample_size"] * vae_scale_factor
+
+
+def _init_new_modules(model: DreamLLMForCausalLM, std: float, dtype: torch.dtype):
+    """Materialise and initialise the modules DreamLLM adds (built on the meta device)."""
+    base: DreamLLMModel = model.model
+    for module in (base.vision_projector, base.dream_queries, base.condition_projector):
+        module.to_empty(device="cpu")
+        module.to(dtype)
+        nn.init.normal_(module.weight, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def assemble(
+    llm: str | Path,
+    vision: str | Path,
+    diffusion: str | Path,
+    output: str | Path,
+    num_dream_queries: int = 64,
+    dtype: str = "auto",
+    condition_drop_prob: float = 0.1,
+) -> Path:
+    """Build the folder; it is written to a temporary sibling and moved into place only when complete."""
+    diffusion, output = Path(diffusion), Path(output)
+    missing = [name for name in DECODER_SUBFOLDERS if not (diffusion / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{diffusion} is not a Stable Diffusion folder: missing {missing}")
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose a new output folder")
+
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    add_special_tokens(tokenizer)
+    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+    language_model.resize_token_embeddings(len(tokenizer))
+    vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=language_model.dtype)
+    image_processor = CLIPImageProcessor.from_pretrained(vision)
+    condition_hidden_size, resolution = decoder_geometry(diffusion)
+
+    text_config = language_model.config
+    text_config.pad_token_id = tokenizer.pad_token_id
+    text_config._name_or_path = ""
+    tokenizer.model_max_length = text_config.max_position_embeddings
+    config = DreamLLMConfig(
+        text_config=text_config.to_dict(),
+        vision_config=vision_tower.config.to_dict(),
+        num_dream_queries=num_dream_queries,
+        condition_hidden_size=condition_hidden_size,
+        condition_drop_prob=condition_drop_prob,
+        **{name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()},
+    )
+    register_auto_classes(config)
+    with torch.device("meta"):
+        model = DreamLLMForCausalLM(config)
+    model.model.language_model = language_model.model
+    model.lm_head = language_model.lm_head
+    model.model.vision_tower = vision_tower.requires_grad_(False)
+    _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+    processor = DreamLLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        diffusion_image_processor=diffusion_image_processor(resolution),
+        num_image_tokens=config.num_image_tokens,
+        num_dream_queries=num_dream_queries,
+    )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        for name in DECODER_SUBFOLDERS:
+            shutil.copytree(diffusion / name, staging / name)
+        write_pipeline_files(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def write_pipeline_files(folder: Path) -> None:
+    """Make the folder a diffusers pipeline too (`model_index.json` + `pipeline_dreamllm.py`), when available."""
+    try:
+        from pipeline_dreamllm import write_pipeline_index
+    except ImportError:  # the pipeline module is optional for the transformers half of the folder
+        return
+    write_pipeline_index(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llm", help="causal LM folder or Hub id (with its tokenizer)")
+    parser.add_argument("--vision", help="CLIP folder or Hub id (vision model + image processor)")
+    parser.add_argument("--diffusion", help="Stable Diffusion folder or Hub id (unet/, vae/, scheduler/)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--preset", choices=["tiny-random"], help="build tiny random components instead")
+    parser.add_argument("--num-dream-queries", type=int, default=None, help="64 by default (8 for tiny-random)")
+    parser.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16 or float16")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.preset == "tiny-random":
+        from train.tiny_random import build_tiny_components
+
+        with tempfile.TemporaryDirectory() as scratch:
+            parts = build_tiny_components(scratch, seed=args.seed)
+            torch.manual_seed(args.seed)
+            folder = assemble(
+                parts["llm"], parts["vision"], parts["diffusion"], args.output, args.num_dream_queries or 8, args.dtype
+            )
+    else:
+        if not (args.llm and args.vision and args.diffusion):
+            parser.error("--llm, --vision and --diffusion are required without --preset")
+        diffusion = Path(args.diffusion)
+        if not diffusion.is_dir():  # a Hub id: fetch just the decoder's three subfolders
+            from huggingface_hub import snapshot_download
+
+            diffusion = Path(snapshot_download(args.diffusion, allow_patterns=[f"{n}/*" for n in DECODER_SUBFOLDERS]))
+        folder = assemble(args.llm, args.vision, diffusion, args.output, args.num_dream_queries or 64, args.dtype)
+    print(f"DreamLLM folder written to {folder}")
+
+
+if __name__ == "__main__":
+    main()
