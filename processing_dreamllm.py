@@ -203,6 +203,8 @@ class DreamLLMProcessor(ProcessorMixin):
         elif not isinstance(images, (list, tuple)):
             images = [images]
         nested = len(images) > 0 and all(isinstance(item, (list, tuple)) for item in images)
+        if len(texts) == 1 and not nested:  # one document owns every image
+            images, nested = [images], True
         if nested and len(images) != len(texts):
             raise ValueError(f"got image lists for {len(images)} documents but {len(texts)} texts")
         per_doc, cursor = [], 0
@@ -224,7 +226,7 @@ class DreamLLMProcessor(ProcessorMixin):
                 )
             per_doc.append(doc_images)
         if not nested and cursor != len(images):
-            raise ValueError(f"{len(images)} images were given but the texts have room for only {cursor}")
+            raise ValueError(f"{len(images)} images were given but the texts' placeholders take only {cursor}")
         return per_doc
 
     def _encode_document(self, parts: list[tuple[str, bool]], images: list, add_eos: bool) -> _Document:

@@ -1,0 +1,63 @@
+"""Shared fixtures: one tiny random DreamLLM folder per test session, built through `train.assemble`."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    from train.assemble import main
+
+    folder = tmp_path_factory.mktemp("assembled") / "dreamllm-tiny"
+    main(["--preset", "tiny-random", "--output", str(folder)])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_folder):
+    from modeling_dreamllm import DreamLLMForCausalLM
+
+    return DreamLLMForCausalLM.from_pretrained(tiny_folder).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_folder):
+    from processing_dreamllm import DreamLLMProcessor
+
+    return DreamLLMProcessor.from_pretrained(tiny_folder)
+
+
+@pytest.fixture
+def rgb_image():
+    """A deterministic 48x40 RGB test image."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def run_isolated(script: str, cwd: Path, timeout: int = 300) -> str:
+    """Run `script` in a fresh Python process whose cwd and sys.path exclude this repository."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    guard = f"import sys\nassert not any(p and {str(REPO_ROOT)!r} in p for p in sys.path), sys.path\n"
+    result = subprocess.run(
+        [sys.executable, "-c", guard + textwrap.dedent(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode:
+        raise AssertionError(f"isolated script failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout

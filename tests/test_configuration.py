@@ -1,0 +1,63 @@
+"""DreamLLMConfig: defaults, save/load round trip, and clear errors for inconsistent settings."""
+
+import pytest
+from huggingface_hub.errors import StrictDataclassClassValidationError
+
+from configuration_dreamllm import RELEASED_TOKEN_IDS, DreamLLMConfig
+
+TINY_TEXT = dict(
+    model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=64, vocab_size=120,
+)
+TINY_VISION = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=2, image_size=32, patch_size=8)
+TINY_IDS = dict(
+    image_token_id=100, image_patch_token_id=101, image_start_token_id=102, image_end_token_id=103,
+    dream_token_id=104, dream_start_token_id=105, dream_end_token_id=106,
+)
+
+
+def tiny_config(**overrides) -> DreamLLMConfig:
+    kwargs = dict(text_config=TINY_TEXT, vision_config=TINY_VISION, num_dream_queries=4, condition_hidden_size=8, **TINY_IDS)
+    kwargs.update(overrides)
+    return DreamLLMConfig(**kwargs)
+
+
+def test_defaults_are_the_released_7b_configuration():
+    config = DreamLLMConfig()
+    assert config.model_type == "dreamllm"
+    assert (config.text_config.hidden_size, config.text_config.num_hidden_layers, config.text_config.vocab_size) == (4096, 32, 32008)
+    assert (config.vision_config.hidden_size, config.vision_config.num_hidden_layers) == (1024, 24)
+    assert config.num_image_tokens == 256 and config.num_dream_queries == 64
+    assert config.vision_feature_layer == -2 and config.condition_hidden_size == 1024
+    assert (config.lm_loss_weight, config.diffusion_loss_weight) == (1.0, 10.0)
+    assert config.dream_start_token_id == RELEASED_TOKEN_IDS["dream_start_token_id"] == 32003
+    assert config.text_config.bos_token_id == 1 and config.text_config.eos_token_id == 2
+
+
+def test_save_load_round_trip(tmp_path):
+    config = tiny_config(condition_drop_prob=0.25, diffusion_loss_weight=5.0)
+    config.save_pretrained(tmp_path)
+    loaded = DreamLLMConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert type(loaded.text_config).__name__ == "LlamaConfig"
+    assert type(loaded.vision_config).__name__ == "CLIPVisionConfig"
+    assert loaded.num_image_tokens == 16
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_dream_queries=0), "num_dream_queries must be >= 1"),
+        (dict(condition_hidden_size=0), "condition_hidden_size"),
+        (dict(vision_feature_layer=5), "vision_feature_layer=5"),
+        (dict(dream_start_token_id=500), "dream_start_token_id=500 is outside the text vocabulary of size 120"),
+        (dict(dream_end_token_id=105), "must be distinct"),
+        (dict(diffusion_loss_weight=-1.0), "loss weights must be >= 0"),
+        (dict(condition_drop_prob=1.0), "condition_drop_prob must be in [0, 1)"),
+        (dict(tie_word_embeddings=True), "untied lm_head"),
+        (dict(vision_config={**TINY_VISION, "image_size": 30}), "not a multiple of patch_size"),
+    ],
+)
+def test_inconsistent_settings_raise_at_construction(overrides, message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        tiny_config(**overrides)
