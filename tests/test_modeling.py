@@ -202,3 +202,14 @@ def test_7b_configuration_parameter_counts_on_meta_device():
     assert tuple(base.dream_queries.weight.shape) == (64, 4096)
     assert tuple(base.condition_projector.weight.shape) == (1024, 4096) and base.condition_projector.bias is None
     assert model.lm_head.weight is not base.language_model.embed_tokens.weight
+
+
+def test_left_padded_batch_generates_like_single_prompts(model, tiny_processor, rgb_image):
+    model.eval()
+    texts = ["<image>\nWhat is it?", "<image>\nA much longer question about this picture?"]
+    batch = tiny_processor(text=texts, images=[[rgb_image], [rgb_image]])
+    together = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)[:, -4:]
+    for row, text in enumerate(texts):
+        single = tiny_processor(text=text, images=[rgb_image])
+        alone = model.generate(**single, max_new_tokens=4, min_new_tokens=4, do_sample=False)[:, -4:]
+        assert torch.equal(together[row], alone[0])

@@ -147,10 +147,10 @@ def test_save_and_load_through_auto_processor(processor, tmp_path, rgb_image):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_missing_special_tokens_are_reported(tiny_folder):
-    from transformers import AutoTokenizer, CLIPImageProcessor
+def test_missing_special_tokens_are_reported():
+    from transformers import CLIPImageProcessor
+
+    from train.tiny_random import build_tiny_tokenizer
 
     with pytest.raises(ValueError, match="lacks the DreamLLM special tokens"):
-        from train.tiny_random import build_tiny_tokenizer
-
         DreamLLMProcessor(CLIPImageProcessor(), build_tiny_tokenizer(), CLIPImageProcessor())

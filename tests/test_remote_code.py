@@ -92,3 +92,23 @@ def test_assembled_tokens_and_embeddings(tiny_folder, tiny_model, tiny_processor
         assert getattr(config, name) == tokenizer.convert_tokens_to_ids(token)
     assert tokenizer.pad_token == "[PAD]" and config.text_config.pad_token_id == tokenizer.pad_token_id
     assert tokenizer.model_max_length == config.text_config.max_position_embeddings
+
+
+def test_push_to_hub_uploads_the_saved_folder_with_its_code(tiny_model, monkeypatch):
+    from transformers.utils import hub
+
+    class FakeApi:
+        uploaded: list[str] = []
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            FakeApi.uploaded = sorted(op.path_in_repo for op in operations)
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *a, **k: type("Card", (), {"save": lambda s, p: open(p, "w").close()})())
+    tiny_model.push_to_hub("someone/dreamllm-tiny")
+    assert FakeApi.uploaded == sorted(
+        ["README.md", "config.json", "generation_config.json", "model.safetensors", *CODE_FILES - {"processing_dreamllm.py"}]
+    )
