@@ -1,0 +1,140 @@
+"""MS-COCO zero-shot FID for DreamLLM, with the official best-of-N CLIP selection done right.
+
+The official protocol (30k val2014 images, one random caption each, 8 samples per prompt, best by CLIP ViT-L/14,
+bilinear resize 256 + center crop 256, pytorch-fid against val2014 statistics) scores candidates that came from
+different prompts, because its caption dump and sampling runs shuffle differently. Here one fixed manifest drives
+every step: each prompt gets its N candidates, and they are ranked against that prompt.
+
+    python -m eval.coco_fid manifest --captions annotations/captions_val2014.json --output coco30k.jsonl
+    python -m eval.coco_fid sample --model DIR --manifest coco30k.jsonl --output samples/ --candidates 8 \
+        --steps 150 --guidance 2.0 --scheduler ddpm          # the paper's settings
+    python -m eval.coco_fid select --samples samples/ --manifest coco30k.jsonl --clip openai/clip-vit-large-patch14 \
+        --output selected/
+    python -m pytorch_fid selected/ fid_stats_mscoco256_val.npz   # images are already 256x256 (bilinear + crop)
+
+Report the number of candidates with the FID (`--candidates 1` gives the single-sample number, 2-3 points worse).
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+FID_RESOLUTION = 256
+
+
+def build_manifest(captions_json: str | Path, num_prompts: int = 30_000, seed: int = 42) -> list[dict]:
+    """A seeded draw of `num_prompts` val2014 images with one of their captions each."""
+    data = json.loads(Path(captions_json).read_text())
+    files = {image["id"]: image["file_name"] for image in data["images"]}
+    captions: dict[int, list[str]] = {}
+    for annotation in data["annotations"]:
+        captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
+    rng = random.Random(seed)
+    image_ids = sorted(captions)
+    if num_prompts > len(image_ids):
+        raise ValueError(f"asked for {num_prompts} prompts but the annotations hold {len(image_ids)} images")
+    chosen = rng.sample(image_ids, num_prompts)
+    return [{"image_id": i, "file_name": files[i], "caption": rng.choice(captions[i])} for i in chosen]
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def fid_preprocess(image: Image.Image) -> Image.Image:
+    """Bilinear resize of the short side to 256, then a center crop: the official pre-Inception transform."""
+    width, height = image.size
+    scale = FID_RESOLUTION / min(width, height)
+    image = image.convert("RGB").resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+    left, top = (image.width - FID_RESOLUTION) // 2, (image.height - FID_RESOLUTION) // 2
+    return image.crop((left, top, left + FID_RESOLUTION, top + FID_RESOLUTION))
+
+
+def candidate_path(samples: Path, image_id: int, index: int) -> Path:
+    return samples / f"{image_id:012d}_{index}.png"
+
+
+def sample(pipe, manifest: list[dict], output: Path, candidates: int = 8, seed: int = 42, batch_size: int = 8, **call_kwargs):
+    """Generate `candidates` images per prompt; candidate k of prompt p is seeded by (seed, k, p), so runs can be
+    split across machines and resumed (existing files are kept)."""
+    output.mkdir(parents=True, exist_ok=True)
+    jobs = [(row, k) for row in manifest for k in range(candidates) if not candidate_path(output, row["image_id"], k).exists()]
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + k * 100_003 + row["image_id"]) for row, k in batch]
+        images = pipe([row["caption"] for row, _ in batch], generator=generators, **call_kwargs).images
+        for (row, k), image in zip(batch, images):
+            image.save(candidate_path(output, row["image_id"], k))
+
+
+@torch.no_grad()
+def select(samples: Path, manifest: list[dict], clip_path: str, output: Path, candidates: int) -> list[int]:
+    """Keep, for each prompt, the candidate with the highest CLIP image-text logit against *that* prompt; the kept
+    images are written FID-ready (256 px). Returns the chosen candidate index per prompt."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model, processor = CLIPModel.from_pretrained(clip_path).eval(), CLIPProcessor.from_pretrained(clip_path)
+    output.mkdir(parents=True, exist_ok=True)
+    chosen = []
+    for row in manifest:
+        images = [Image.open(candidate_path(samples, row["image_id"], k)).convert("RGB") for k in range(candidates)]
+        inputs = processor(text=[row["caption"]], images=images, return_tensors="pt", padding=True, truncation=True)
+        best = int(model(**inputs).logits_per_image[:, 0].argmax())
+        fid_preprocess(images[best]).save(output / f"{row['image_id']:012d}.png")
+        chosen.append(best)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("manifest")
+    make.add_argument("--captions", required=True)
+    make.add_argument("--output", required=True)
+    make.add_argument("--num-prompts", type=int, default=30_000)
+    make.add_argument("--seed", type=int, default=42)
+    run = commands.add_parser("sample")
+    run.add_argument("--model", required=True)
+    run.add_argument("--manifest", required=True)
+    run.add_argument("--output", required=True)
+    run.add_argument("--candidates", type=int, default=8)
+    run.add_argument("--steps", type=int, default=150)
+    run.add_argument("--guidance", type=float, default=2.0)
+    run.add_argument("--scheduler", choices=["default", "ddpm"], default="ddpm")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--seed", type=int, default=42)
+    pick = commands.add_parser("select")
+    pick.add_argument("--samples", required=True)
+    pick.add_argument("--manifest", required=True)
+    pick.add_argument("--clip", default="openai/clip-vit-large-patch14")
+    pick.add_argument("--output", required=True)
+    pick.add_argument("--candidates", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    if args.command == "manifest":
+        rows = build_manifest(args.captions, args.num_prompts, args.seed)
+        Path(args.output).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        print(f"{len(rows)} prompts written to {args.output}")
+    elif args.command == "sample":
+        from diffusers import DDPMScheduler
+
+        from pipeline_dreamllm import DreamLLMPipeline
+
+        pipe = DreamLLMPipeline.from_pretrained(args.model)
+        if args.scheduler == "ddpm":  # the scheduler the paper sampled with
+            pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+        pipe.set_progress_bar_config(disable=True)
+        sample(pipe, read_manifest(args.manifest), Path(args.output), args.candidates, args.seed, args.batch_size,
+               num_inference_steps=args.steps, guidance_scale=args.guidance)
+    else:
+        chosen = select(Path(args.samples), read_manifest(args.manifest), args.clip, Path(args.output), args.candidates)
+        print(f"selected {len(chosen)} images into {args.output}")
+
+
+if __name__ == "__main__":
+    main()
