@@ -68,11 +68,12 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` adds a dict
         # Loading materialises fresh parameters, which forgets `requires_grad`: freeze CLIP again.
         base = model if isinstance(model, DreamLLMModel) else model.model
         base.vision_tower.requires_grad_(False)
-        return model
+        return loaded
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -182,7 +182,8 @@ def test_image_count_mismatch_raises(model, tiny_processor, rgb_image):
 
 def test_save_load_round_trip_keeps_outputs_and_frozen_clip(model, tiny_processor, tmp_path):
     model.save_pretrained(tmp_path)
-    loaded = DreamLLMForCausalLM.from_pretrained(tmp_path)
+    loaded, info = DreamLLMForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
     batch = tiny_processor(text="a yellow circle<dream>")
     torch.testing.assert_close(loaded(**batch).condition_embeds, model(**batch).condition_embeds)
     assert not any(p.requires_grad for p in loaded.model.vision_tower.parameters())
