@@ -283,7 +283,9 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(pixel_values)
 
     def get_null_condition(self) -> torch.FloatTensor:
-        return self.model.get_null_condition()
+        # Through this model's own forward, so accelerate's offload hooks on it fire.
+        null_ids = self.model.null_condition_ids()
+        return self(input_ids=null_ids, use_cache=False, logits_to_keep=1).condition_embeds
 
     def forward(
         self,

@@ -374,10 +374,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         queries = self.llm.model.dream_queries.weight
         key = (id(self.llm), id(queries), queries._version, queries.dtype)
         if self._null_condition_cache is None or self._null_condition_cache[0] != key:
-            ids = self.llm.model.null_condition_ids(device=self._execution_device)
-            # `get_null_condition()` computed through `self.llm(...)`, so that offload hooks fire.
-            condition = self.llm(input_ids=ids, use_cache=False, logits_to_keep=1).condition_embeds
-            self._null_condition_cache = (key, condition)
+            self._null_condition_cache = (key, self.llm.get_null_condition())
         return self._null_condition_cache[1]
 
     def _creation_conditions(self, prompts: list[list], device: torch.device) -> torch.Tensor:
@@ -521,7 +518,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         if self.do_classifier_free_guidance:
             # One UNet call per step for both branches.
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps, sigmas
+        )
         latents = self.prepare_latents(
             prompt_embeds.shape[0] // (2 if self.do_classifier_free_guidance else 1),
             self.unet.config.in_channels,
@@ -552,7 +551,9 @@ class DreamLLMPipeline(DiffusionPipeline):
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
                     if self.guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale)
+                        noise_pred = rescale_noise_cfg(
+                            noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale
+                        )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -620,14 +621,20 @@ class DreamLLMPipeline(DiffusionPipeline):
         Example:
 
         ```python
-        >>> images = pipe(["a red circle", "a blue square"], num_inference_steps=25, generator=torch.manual_seed(0)).images
+        >>> images = pipe(["a red circle", "a blue square"], generator=torch.manual_seed(0)).images
         ```
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         height, width = self._default_size(height, width)
         self.check_inputs(
-            prompt, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds, callback_on_step_end_tensor_inputs
+            prompt,
+            height,
+            width,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs,
         )
         self._start_call(guidance_scale, guidance_rescale, cross_attention_kwargs)
         device = self._execution_device

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+try:
+    from .configuration_dreamllm import DreamLLMConfig
+except ImportError:  # imported as a top-level module (tests, scripts)
+    from configuration_dreamllm import DreamLLMConfig
+
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 DREAM_PLACEHOLDER = "<dream>"
@@ -112,6 +117,17 @@ class DreamLLMProcessor(ProcessorMixin):
                 f"the tokenizer lacks the DreamLLM special tokens {missing + ([] if self.pad_token_id is not None else ['pad'])}; "
                 "build the folder with `python -m train.assemble`"
             )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # The tokenizer loader reads the folder's config.json; handing it our config keeps it from asking whether
+        # to trust the `auto_map` code it finds there.
+        if "config" not in kwargs:
+            try:
+                kwargs["config"] = DreamLLMConfig.from_pretrained(pretrained_model_name_or_path)
+            except (OSError, ValueError):  # a processor saved on its own, without a model config
+                pass
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------- blocks
     def image_block(self) -> list[int]:
