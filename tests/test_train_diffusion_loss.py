@@ -1,0 +1,110 @@
+"""The diffusion loss: gradient through the frozen UNet, empty batches, condition dropout, chunking, targets."""
+
+import pytest
+import torch
+
+from train.diffusion_loss import DreamLLMDiffusionLoss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions on two threads shared with other jobs spin-wait badly; one thread is 100x faster here.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def loss_fn(tiny_folder):
+    return DreamLLMDiffusionLoss.from_pretrained(tiny_folder)
+
+
+def _inputs(loss_fn, num_images=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    width = loss_fn.unet.config.cross_attention_dim
+    resolution = loss_fn.unet.config.sample_size * 2 ** (len(loss_fn.vae.config.block_out_channels) - 1)
+    condition = torch.randn(num_images, 8, width, generator=generator, requires_grad=True)
+    targets = torch.rand(num_images, 3, resolution, resolution, generator=generator) * 2 - 1
+    return condition, targets
+
+
+def test_gradient_flows_through_the_frozen_unet(loss_fn):
+    condition, targets = _inputs(loss_fn)
+    loss = loss_fn(condition, targets)
+    assert loss.dtype == torch.float32 and loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert condition.grad is not None and condition.grad.abs().sum() > 0
+    decoder = list(loss_fn.unet.parameters()) + list(loss_fn.vae.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in decoder)
+
+
+def test_no_creation_blocks_costs_no_decoder_work(loss_fn, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the decoder ran for a batch without creation blocks")
+
+    monkeypatch.setattr(loss_fn.unet, "forward", forbidden)
+    monkeypatch.setattr(loss_fn.vae, "encode", forbidden)
+    anchor = torch.nn.Parameter(torch.randn(4, 4))
+    loss = loss_fn(None, None, anchors=[anchor])
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert anchor.grad is not None and torch.equal(anchor.grad, torch.zeros_like(anchor))
+
+
+def test_condition_dropout_uses_the_null_condition(loss_fn, monkeypatch):
+    seen = []
+    original = loss_fn._per_image_loss
+
+    def spy(condition, *args):
+        seen.append(condition.detach().clone())
+        return original(condition, *args)
+
+    monkeypatch.setattr(loss_fn, "_per_image_loss", spy)
+    condition, targets = _inputs(loss_fn)
+    null = torch.randn(1, *condition.shape[1:], requires_grad=True)
+    loss_fn(condition, targets, null_condition=null, condition_drop_prob=1.0).backward()
+    assert torch.equal(seen[-1], null.detach().expand_as(condition))
+    assert null.grad is not None and null.grad.abs().sum() > 0  # the null branch is trained too
+    loss_fn(condition, targets, null_condition=null, condition_drop_prob=0.0)
+    assert torch.equal(seen[-1], condition.detach())
+    with pytest.raises(ValueError, match="null condition"):
+        loss_fn(condition, targets, condition_drop_prob=0.5)
+
+
+def test_chunked_unet_batch_matches_one_batch(tiny_folder, loss_fn):
+    chunked = DreamLLMDiffusionLoss.from_pretrained(tiny_folder, max_unet_batch=2)
+    results = []
+    for module in (loss_fn, chunked):
+        condition, targets = _inputs(loss_fn, num_images=5)
+        torch.manual_seed(7)
+        loss = module(condition, targets)
+        loss.backward()
+        results.append((loss.detach(), condition.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_noising_matches_the_scheduler_and_targets_follow_prediction_type(tiny_folder, loss_fn):
+    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    timesteps = torch.tensor([10, 900])
+    alphas = loss_fn.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    ours = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
+    torch.testing.assert_close(ours, loss_fn.scheduler.add_noise(latents, noise, timesteps))
+    torch.testing.assert_close(
+        alphas.sqrt() * noise - (1 - alphas).sqrt() * latents, loss_fn.scheduler.get_velocity(latents, noise, timesteps)
+    )
+    from diffusers import DDPMScheduler
+
+    v_scheduler = DDPMScheduler.from_config(loss_fn.scheduler.config, prediction_type="v_prediction")
+    v_loss = DreamLLMDiffusionLoss(loss_fn.unet, loss_fn.vae, v_scheduler, snr_gamma=5.0)
+    condition, targets = _inputs(loss_fn)
+    assert torch.isfinite(v_loss(condition, targets))
+    weights = v_loss._snr_weights(loss_fn.alphas_cumprod)
+    assert bool((weights > 0).all() and (weights <= 1).all())
+
+
+def test_mismatched_conditions_and_targets_raise(loss_fn):
+    condition, targets = _inputs(loss_fn, num_images=2)
+    with pytest.raises(ValueError, match="2 creation blocks but 1"):
+        loss_fn(condition, targets[:1])

@@ -1,0 +1,120 @@
+"""Build the training dataset (a `datasets` object) from `--data` sources.
+
+    dataset = build_train_dataset(["data/pairs", "data/mmc4.jsonl:2"], processor, seed=42)
+    dataset[0].keys()   # input_ids, labels, pixel_values, target_pixel_values, data_counts
+
+Map-style (default): a `datasets.Dataset` of light records (paths, tar offsets), encoded on access by
+`with_transform` in the data-loader workers; the Trainer's sampler shuffles it and resumes exactly.
+Streaming (`streaming=True`, for shards too large to index): a `datasets.IterableDataset` whose shards are the
+source files (split over data-loader workers), read sequentially, with a shuffle buffer.
+Several sources are mixed with `datasets.interleave_datasets`: each is drawn with probability proportional to
+its weight until every source has been seen whole (smaller sources repeat).
+"""
+
+from __future__ import annotations
+
+import datasets
+from datasets import Dataset, Features, IterableDataset, List, Value
+
+from .encoding import MapStyleTransform, SampleEncoder, StreamingTransform
+from .samples import SampleBuilder
+from .sources import CAPTION_FIELDS, DataSource, record
+
+RECORD_FEATURES = Features({"kind": Value("string"), "record": Value("string"), "blobs": List(Value("binary"))})
+
+
+def _hf_rows_to_records(dataset, source: DataSource):
+    """A Hugging Face image-caption dataset -> pair records (image bytes travel in `blobs`)."""
+    columns = dataset.column_names
+    image_column = next((c for c in ("image", "jpg", "png", "img") if c in columns), None)
+    caption_column = next((c for c in CAPTION_FIELDS + ("txt",) if c in columns), None)
+    if image_column is None or caption_column is None:
+        raise ValueError(f"--data {source.path}: needs an image column and a caption column, got {columns}")
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+
+    def convert(row: dict, index: int) -> dict:
+        image = row[image_column]
+        blob = image.get("bytes") if isinstance(image, dict) else image
+        if blob is None and isinstance(image, dict) and image.get("path"):
+            with open(image["path"], "rb") as handle:
+                blob = handle.read()
+        payload = {"key": f"{source.path}#{index}", "image": {"blob": 0}, "caption": row[caption_column]}
+        return record("pair", payload, [blob or b""])
+
+    return dataset.map(convert, with_indices=True, remove_columns=columns, features=RECORD_FEATURES)
+
+
+def _load_hf(source: DataSource, streaming: bool):
+    if source.files[0].endswith(".parquet"):
+        loaded = datasets.load_dataset("parquet", data_files=source.files, split="train", streaming=streaming)
+    else:
+        loaded = datasets.load_from_disk(source.files[0])
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded["train"]
+        if streaming:
+            loaded = loaded.to_iterable_dataset(num_shards=max(1, min(64, len(loaded))))
+    return _hf_rows_to_records(loaded, source)
+
+
+def _record_dataset(source: DataSource, streaming: bool):
+    if source.kind == "hf":
+        return _load_hf(source, streaming)
+    if streaming:
+
+        def generate(files: list):
+            flat = [name for item in files for name in (item if isinstance(item, list) else [item])]
+            yield from source.iter_records(streaming=True, files=flat)
+
+        shards = source.files if source.kind != "pairs" else _chunks(source.files, 64)
+        return IterableDataset.from_generator(generate, gen_kwargs={"files": shards}, features=RECORD_FEATURES)
+    records = list(source.iter_records())
+    if not records:
+        raise ValueError(f"--data {source.path}: no records found")
+    return Dataset.from_list(records, features=RECORD_FEATURES)
+
+
+def _chunks(items: list, count: int) -> list[list]:
+    """`items` as at most `count` lists (shards of a folder of pairs), order kept within each."""
+    count = max(1, min(count, len(items)))
+    size = -(-len(items) // count)
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def mix(parts: list, weights: list[float], seed: int):
+    if len(parts) == 1:
+        return parts[0]
+    total = sum(weights)
+    return datasets.interleave_datasets(
+        parts, probabilities=[w / total for w in weights], seed=seed, stopping_strategy="all_exhausted"
+    )
+
+
+def build_train_dataset(
+    data: list[str],
+    processor,
+    *,
+    streaming: bool = False,
+    creation_prob: float = 0.5,
+    min_similarity: float | None = 0.25,
+    max_length: int | None = None,
+    seed: int = 42,
+    shuffle_buffer: int = 1000,
+) -> Dataset | IterableDataset:
+    """The encoded training dataset of `--data` specs `PATH[:WEIGHT]` (see `train.data.sources`)."""
+    if not data:
+        raise ValueError("no training data: pass --data PATH (a folder of pairs, .tar shards, .jsonl/.json, ...)")
+    sources = [DataSource.parse(spec) for spec in data]
+    encoder = SampleEncoder(processor, SampleBuilder(creation_prob, min_similarity, seed), max_length=max_length)
+    parts = [_record_dataset(source, streaming) for source in sources]
+    mixed = mix(parts, [source.weight for source in sources], seed)
+    if streaming:
+        if shuffle_buffer > 1:
+            mixed = mixed.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        return mixed.map(StreamingTransform(encoder), batched=True, batch_size=8, remove_columns=list(RECORD_FEATURES))
+    mixed = mixed.flatten_indices() if mixed._indices is not None else mixed
+    records = mixed.add_column("row", list(range(len(mixed))))
+    return records.with_transform(MapStyleTransform(encoder, records))
+
+
+__all__ = ["build_train_dataset", "RECORD_FEATURES"]

@@ -1,0 +1,140 @@
+"""Encode source records into training samples with the DreamLLM processor, skipping and counting bad ones.
+
+    encoder = SampleEncoder(processor, SampleBuilder(), max_length=2048)
+    sample = encoder.encode(row)   # {"input_ids", "labels", "pixel_values", "target_pixel_values", "data_counts"}
+
+Counts travel inside the samples (`data_counts`: skipped records per reason, dropped/filtered images), because the
+records are encoded in data-loader worker processes: the collator sums them per batch and the trainer logs them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from .samples import NOTE_KEYS, SKIP_REASONS, BadSample, SampleBuilder, SampleSpec
+
+COUNT_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS) + NOTE_KEYS
+SAMPLE_KEYS = ("input_ids", "labels", "pixel_values", "target_pixel_values", "data_counts")
+IGNORE_INDEX = -100
+
+
+class SampleEncoder:
+    """`encode(row)`: one source record -> one training sample, or `BadSample`.
+
+    Args:
+        processor: a `DreamLLMProcessor`.
+        builder: the `SampleBuilder` holding the format options.
+        max_length: longest sample in tokens (default: the tokenizer's `model_max_length`). Interleaved documents
+            over it lose trailing units at block boundaries; other samples over it are skipped (`too_long`).
+    """
+
+    def __init__(self, processor, builder: SampleBuilder, max_length: int | None = None):
+        self.processor = processor
+        self.builder = builder
+        self.max_length = max_length or processor.tokenizer.model_max_length
+        self.dream_start_token_id = processor.dream_start_token_id
+
+    def _call_processor(self, spec: SampleSpec, truncation: bool):
+        images = spec.images or None
+        if spec.messages is not None:
+            return self.processor.encode_conversation(
+                spec.messages, images, truncation=truncation, max_length=self.max_length
+            )
+        return self.processor(
+            text=spec.text, images=images, return_labels=True, truncation=truncation, max_length=self.max_length
+        )
+
+    def encode_spec(self, spec: SampleSpec) -> dict:
+        try:
+            try:
+                batch = self._call_processor(spec, truncation=False)
+            except ValueError as error:
+                if "max_length" not in str(error):
+                    raise
+                if not spec.truncatable:
+                    raise BadSample("too_long", str(error)) from error
+                batch = self._call_processor(spec, truncation=True)
+        except BadSample:
+            raise
+        except ValueError as error:  # placeholders and images that do not match, and the like
+            raise BadSample("invalid_sample", str(error)) from error
+        input_ids, labels = batch["input_ids"][0], batch["labels"][0]
+        if not bool((labels != IGNORE_INDEX).any()):
+            raise BadSample("too_long", "nothing left to learn after truncation")
+        targets = batch.get("target_pixel_values")
+        if spec.extra_targets:  # trailing <dream>s without read-back come after every other creation block
+            extra = self.processor.diffusion_image_processor(spec.extra_targets, return_tensors="pt")["pixel_values"]
+            targets = extra if targets is None else torch.cat([targets, extra])
+        num_blocks = int((input_ids == self.dream_start_token_id).sum())
+        num_targets = 0 if targets is None else len(targets)
+        if num_blocks != num_targets:
+            raise BadSample("invalid_sample", f"{num_blocks} creation blocks for {num_targets} targets")
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": batch.get("pixel_values"),
+            "target_pixel_values": targets,
+            "data_counts": dict(spec.notes),
+        }
+
+    def encode(self, row: dict) -> dict:
+        return self.encode_spec(self.builder.build(row))
+
+
+class MapStyleTransform:
+    """`datasets.Dataset.with_transform` hook: encodes the rows asked for; a bad row is replaced by the next good
+    one (deterministically, so resumed runs see the same data) and counted once, when its own index is read."""
+
+    def __init__(self, encoder: SampleEncoder, records, max_consecutive_bad: int = 64):
+        self.encoder = encoder
+        self.records = records  # the un-transformed dataset, to read the replacement rows
+        self.max_consecutive_bad = max_consecutive_bad
+
+    def _encode_row(self, row: dict) -> dict:
+        skipped = Counter()
+        num_records = len(self.records)
+        for attempt in range(min(self.max_consecutive_bad, num_records)):
+            if attempt:
+                row = self.records[(row["row"] + 1) % num_records]
+            try:
+                sample = self.encoder.encode(row)
+            except BadSample as bad:
+                if not attempt:  # a bad record is counted when its own index comes up, once per epoch
+                    skipped[f"skipped_{bad.reason}"] += 1
+                continue
+            sample["data_counts"] = dict(Counter(sample["data_counts"]) + skipped)
+            return sample
+        raise RuntimeError(f"{attempt + 1} consecutive records could not be used ({dict(skipped)} ...): check the data")
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        samples = [self._encode_row(row) for row in rows]
+        return {key: [sample[key] for sample in samples] for key in SAMPLE_KEYS}
+
+
+class StreamingTransform:
+    """Batched `IterableDataset.map` hook: drops bad rows and adds their counts to the next good sample of this
+    worker (bad rows after a worker's last good sample of a pass go uncounted)."""
+
+    def __init__(self, encoder: SampleEncoder):
+        self.encoder = encoder
+        self.pending = Counter()
+
+    def __call__(self, batch: dict) -> dict:
+        out = {key: [] for key in SAMPLE_KEYS}
+        for values in zip(*batch.values(), strict=True):
+            try:
+                sample = self.encoder.encode(dict(zip(batch, values, strict=True)))
+            except BadSample as bad:
+                self.pending[f"skipped_{bad.reason}"] += 1
+                continue
+            sample["data_counts"] = dict(Counter(sample["data_counts"]) + self.pending)
+            self.pending.clear()
+            for key in SAMPLE_KEYS:
+                out[key].append(sample[key])
+        return out
+
+
+__all__ = ["SampleEncoder", "MapStyleTransform", "StreamingTransform", "COUNT_KEYS", "SAMPLE_KEYS"]

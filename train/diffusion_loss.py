@@ -1,0 +1,221 @@
+"""DreamLLM's diffusion loss: the noise-prediction loss of the frozen Stable Diffusion decoder, whose gradient flows
+through the UNet into the LLM's `condition_embeds` ("score distillation").
+
+    loss_fn = DreamLLMDiffusionLoss.from_pretrained("path/to/dreamllm")   # reads unet/, vae/, scheduler/
+    out = model(**batch)                                                   # out.condition_embeds: (N, Q, C)
+    loss = loss_fn(out.condition_embeds, batch["target_pixel_values"],
+                   null_condition=model.get_null_condition(), condition_drop_prob=0.1)
+    loss.backward()                                                        # reaches queries, projector, LLM
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def graph_connected_zero(anchors: Iterable[torch.Tensor], device: torch.device | str | None = None) -> torch.Tensor:
+    """A scalar 0 that depends on `anchors`, so every trainable tensor among them still receives a (zero) gradient:
+    DDP without `find_unused_parameters` needs every parameter in the graph of every step."""
+    zero = torch.zeros((), device=device, dtype=torch.float32)
+    for anchor in anchors:
+        if anchor.requires_grad:
+            zero = zero + anchor.sum().float() * 0.0
+    return zero
+
+
+class DreamLLMDiffusionLoss(nn.Module):
+    """Noise-prediction loss of a frozen latent-diffusion decoder conditioned on DreamLLM's `condition_embeds`.
+
+    The VAE encodes the targets without a graph; the UNet runs *with* a graph (its parameters are frozen, its
+    activations are not), so the loss trains whatever produced the condition. Targets are `(N, 3, H, W)` in [-1, 1],
+    one per condition, in the same order.
+
+    Args:
+        unet, vae: the frozen decoder (its parameters get `requires_grad=False`).
+        scheduler: the training noise schedule (`DDPMScheduler`); its `prediction_type` picks the target
+            (`epsilon`: the noise, `v_prediction`: the velocity).
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023); `None` for the plain mean (official default).
+        max_unet_batch: at most this many images per UNet/VAE call. Larger batches run in chunks, each under
+            activation checkpointing, so one document with many images holds the activations of one chunk only.
+        noise_offset: offset-noise strength (0: off, as the official configs).
+
+    Example:
+
+    ```python
+    >>> loss_fn = DreamLLMDiffusionLoss.from_pretrained("dreamllm-7b", max_unet_batch=8)
+    >>> loss = loss_fn(condition_embeds, target_pixel_values)  # fp32 scalar, differentiable w.r.t. the condition
+    ```
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDPMScheduler,
+        snr_gamma: float | None = None,
+        max_unet_batch: int | None = None,
+        noise_offset: float = 0.0,
+    ):
+        super().__init__()
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type not in SUPPORTED_PREDICTION_TYPES:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected {SUPPORTED_PREDICTION_TYPES}")
+        if max_unet_batch is not None and max_unet_batch < 1:
+            raise ValueError(f"max_unet_batch must be >= 1, got {max_unet_batch}")
+        self.unet = unet.requires_grad_(False).eval()
+        self.vae = vae.requires_grad_(False).eval()
+        self.scheduler = scheduler
+        self.prediction_type = prediction_type
+        self.snr_gamma = snr_gamma
+        self.max_unet_batch = max_unet_batch
+        self.noise_offset = noise_offset
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        # Moves with `.to(device)`; read by index on the device, so drawing timesteps never syncs with the host.
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        unet_dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> DreamLLMDiffusionLoss:
+        """Load the decoder from a DreamLLM folder's `unet/`, `vae/` and `scheduler/` (the scheduler as a
+        `DDPMScheduler` with the folder's betas, whatever sampler the folder ships for inference)."""
+        folder = Path(folder)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=unet_dtype or torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype)
+        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(folder, subfolder="scheduler"))
+        return cls(unet, vae, scheduler, **kwargs)
+
+    def train(self, mode: bool = True) -> DreamLLMDiffusionLoss:
+        # The decoder is frozen: it always runs in inference mode (no dropout), whatever mode the trainer sets.
+        super().train(mode)
+        self.unet.eval()
+        self.vae.eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's activations in the backward pass (the LLM's layers have their own switch)."""
+        self.unet.enable_gradient_checkpointing()
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    # ------------------------------------------------------------------------------------------------- pieces
+    def latent_shape(self, target_pixel_values: torch.Tensor) -> tuple[int, ...]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        num_images, _, height, width = target_pixel_values.shape
+        return (num_images, self.vae.config.latent_channels, height // factor, width // factor)
+
+    @torch.no_grad()
+    def encode_latents(self, target_pixel_values: torch.Tensor, sample_noise: torch.Tensor | None = None):
+        """VAE latents of the targets (a posterior sample drawn with `sample_noise`), times the scaling factor; fp32,
+        outside autocast (a bf16 VAE encode loses detail), in chunks of `max_unet_batch`."""
+        vae = self.vae
+        pixels = target_pixel_values.to(self.device, vae.dtype)
+        if sample_noise is None:
+            sample_noise = torch.randn(self.latent_shape(pixels), device=self.device)
+        chunks = pixels.split(self.max_unet_batch or len(pixels))
+        with torch.autocast(self.device.type, enabled=False):
+            dists = [vae.encode(chunk).latent_dist for chunk in chunks]
+            mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+            latents = mean.float() + std.float() * sample_noise
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        return latents * vae.config.scaling_factor
+
+    def _per_image_loss(
+        self, condition: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        unet_dtype = self.unet.dtype
+        prediction = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=condition.to(unet_dtype)).sample
+        return F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
+
+    def _snr_weights(self, alphas: torch.Tensor) -> torch.Tensor:
+        snr = alphas / (1.0 - alphas)
+        clipped = snr.clamp(max=self.snr_gamma)
+        return clipped / (snr + 1.0) if self.prediction_type == "v_prediction" else clipped / snr
+
+    # --------------------------------------------------------------------------------------------------- loss
+    def forward(
+        self,
+        condition_embeds: torch.Tensor | None,
+        target_pixel_values: torch.Tensor | None,
+        null_condition: torch.Tensor | None = None,
+        condition_drop_prob: float = 0.0,
+        anchors: Iterable[torch.Tensor] = (),
+    ) -> torch.Tensor:
+        """Mean noise-prediction MSE (fp32 scalar) over the creation blocks of a batch.
+
+        Args:
+            condition_embeds: `(N, Q, C)` conditions (the model's `condition_embeds`), or `None`.
+            target_pixel_values: `(N, 3, H, W)` targets in [-1, 1], one per condition, or `None`.
+            null_condition: `(1, Q, C)` unconditional condition (`model.get_null_condition()`), needed when
+                `condition_drop_prob > 0`: each condition is replaced by it with that probability.
+            anchors: tensors a condition-free batch ties its zero loss to (see `graph_connected_zero`).
+        """
+        if condition_embeds is None or target_pixel_values is None:
+            if (condition_embeds is None) != (target_pixel_values is None):
+                raise ValueError("condition_embeds and target_pixel_values must both be given or both be None")
+            return graph_connected_zero(anchors, device=self.device)
+        if condition_embeds.shape[0] != target_pixel_values.shape[0]:
+            raise ValueError(
+                f"{condition_embeds.shape[0]} creation blocks but {target_pixel_values.shape[0]} diffusion targets: "
+                "every <dream> of a training document needs its target image"
+            )
+
+        # Every random draw comes first, in a fixed order, from the global generator: the values do not depend on
+        # chunking or module internals, and a resumed run (which restores the generator) draws the same ones.
+        shape = self.latent_shape(target_pixel_values)
+        num_images = shape[0]
+        sample_noise = torch.randn(shape, device=self.device)
+        noise = torch.randn(shape, device=self.device)
+        if self.noise_offset:
+            noise = noise + self.noise_offset * torch.randn(num_images, shape[1], 1, 1, device=self.device)
+        timesteps = torch.randint(0, self.num_train_timesteps, (num_images,), device=self.device)
+        dropped = torch.rand(num_images, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
+        latents = self.encode_latents(target_pixel_values, sample_noise)
+        alphas = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = alphas.sqrt() * latents + (1.0 - alphas).sqrt() * noise
+        target = noise if self.prediction_type == "epsilon" else alphas.sqrt() * noise - (1.0 - alphas).sqrt() * latents
+
+        condition = condition_embeds.to(self.device)
+        if condition_drop_prob > 0:
+            if null_condition is None:
+                raise ValueError("condition_drop_prob > 0 needs the null condition (model.get_null_condition())")
+            null = null_condition.to(device=self.device, dtype=condition.dtype).expand_as(condition)
+            condition = torch.where(dropped[:, None, None], null, condition)
+
+        chunk = self.max_unet_batch or num_images
+        if chunk >= num_images:
+            per_image = self._per_image_loss(condition, noisy, timesteps, target)
+        else:
+            # The noise and timesteps were drawn above, so recomputing a chunk in the backward pass is exact.
+            recompute = torch.is_grad_enabled()
+            pieces = []
+            for start in range(0, num_images, chunk):
+                args = [x[start : start + chunk] for x in (condition, noisy, timesteps, target)]
+                if recompute:
+                    pieces.append(checkpoint(self._per_image_loss, *args, use_reentrant=False))
+                else:
+                    pieces.append(self._per_image_loss(*args))
+            per_image = torch.cat(pieces)
+        if self.snr_gamma is not None:
+            per_image = per_image * self._snr_weights(alphas.view(-1))
+        return per_image.mean()
+
+
+__all__ = ["DreamLLMDiffusionLoss", "graph_connected_zero"]

@@ -1,0 +1,274 @@
+"""The three DreamLLM training stages behind one entry point.
+
+    python -m train --stage alignment --model_name_or_path dreamllm-7b-init --output_dir runs/alignment \
+        --data laion_shards/ --data llava_pretrain.json
+    python -m train --stage igpt --model_name_or_path runs/alignment --output_dir runs/igpt \
+        --data mmc4_core.jsonl --data blip_laion/:0.5
+    python -m train --stage sft  --model_name_or_path runs/igpt --output_dir runs/sft --data llava_v1_5_665k.json \
+        --data mmc4_instruct.jsonl --lora_r 16                      # optional LoRA, merged at save
+    accelerate launch --config_file train/accelerate_configs/fsdp2.yaml -m train --stage igpt ...
+
+Stage presets (paper / official configs; every value can be overridden on the command line or in `--config`):
+
+| stage     | trained                                         | lr   | loss weights lm/diffusion |
+|-----------|-------------------------------------------------|------|---------------------------|
+| alignment | visual projector, dream queries, cond. projector| 2e-3 | 1 / 1                     |
+| igpt      | + the whole LLM (embeddings, lm_head)           | 2e-5 | 1 / 10                    |
+| sft       | as igpt                                         | 4e-5 | 1 / 10                    |
+
+CLIP, the UNet and the VAE are frozen in every stage. Each stage reads the previous stage's output folder, and
+every folder it writes (checkpoints included) has the same layout and loads directly.
+Precedence: command line > `--config` YAML > stage preset > `SFTConfig` defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, TrlParser
+
+from configuration_dreamllm import SPECIAL_TOKENS
+from modeling_dreamllm import DreamLLMForCausalLM
+from processing_dreamllm import DreamLLMProcessor
+from train.assemble import register_auto_classes
+from train.data import build_train_dataset
+from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.trainer import DreamLLMTrainer
+
+logger = logging.getLogger(__name__)
+
+PROJECTORS_AND_QUERIES = ("vision_projector", "dream_queries", "condition_projector")
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    train_language_model: bool
+    learning_rate: float
+    lm_loss_weight: float
+    diffusion_loss_weight: float
+
+
+STAGES = {
+    "alignment": StagePreset(train_language_model=False, learning_rate=2e-3, lm_loss_weight=1, diffusion_loss_weight=1),
+    "igpt": StagePreset(train_language_model=True, learning_rate=2e-5, lm_loss_weight=1, diffusion_loss_weight=10),
+    "sft": StagePreset(train_language_model=True, learning_rate=4e-5, lm_loss_weight=1, diffusion_loss_weight=10),
+}
+
+# TrainingArguments shared by all stages (official: cosine, warm-up 0.3 %, AdamW without weight decay, clip 1.0).
+COMMON_DEFAULTS = {
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 3e-3,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "activation_checkpointing": True,
+    "gradient_checkpointing": None,
+    "bf16": torch.cuda.is_available(),  # bf16 autocast over fp32 master weights; fp32 on CPU
+    "max_length": None,  # the processor's model_max_length (the LLM's context)
+    "logging_nan_inf_filter": False,  # its isnan check would sync with the host every step
+    "remove_unused_columns": False,
+    "dataset_kwargs": {"skip_prepare_dataset": True},
+    "save_steps": 2000,
+    "report_to": "none",
+    "dataloader_pin_memory": torch.cuda.is_available(),
+}
+
+
+class ReplaceThenExtend(argparse.Action):
+    """`--data a --data b c` -> [a, b, c]; the first use on the command line replaces the default (or the YAML's
+    list) instead of adding to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        current = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, current + list(values))
+
+
+@dataclass
+class DreamLLMArguments:
+    """DreamLLM-specific options (the rest are `SFTConfig` / `TrainingArguments` options)."""
+
+    stage: str = field(default="sft", metadata={"choices": list(STAGES), "help": "alignment | igpt | sft"})
+    model_name_or_path: str = field(default=None, metadata={"help": "a DreamLLM folder (train.assemble or a stage)"})
+    data: list[str] = field(
+        default_factory=list,
+        metadata={"action": ReplaceThenExtend, "help": "PATH[:WEIGHT], repeatable: pairs, .tar, .jsonl/.json, hf"},
+    )
+    streaming: bool = field(default=False, metadata={"help": "read sources sequentially (for very large shards)"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "shuffle buffer of streamed data"})
+    creation_prob: float = field(default=0.5, metadata={"help": "share of image-text pairs used for creation"})
+    min_similarity: float = field(default=0.25, metadata={"help": "MMC4: drop images with matched_sim below this"})
+    lm_loss_weight: float | None = field(default=None, metadata={"help": "default: the stage preset"})
+    diffusion_loss_weight: float | None = field(default=None, metadata={"help": "default: the stage preset"})
+    condition_drop_prob: float | None = field(default=None, metadata={"help": "default: the model config (0.1)"})
+    snr_gamma: float | None = field(default=None, metadata={"help": "Min-SNR-gamma weighting (default: off)"})
+    max_unet_batch: int | None = field(default=None, metadata={"help": "images per UNet call; more run in chunks"})
+    noise_offset: float = field(default=0.0, metadata={"help": "offset noise for the diffusion loss"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model (0: full fine-tuning)"})
+    lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 * lora_r"})
+    lora_dropout: float = field(default=0.05)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[DreamLLMArguments, SFTConfig]:
+    """Parse the command line (and `--config` YAML) with the chosen stage's preset as defaults."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stage", choices=list(STAGES), default=None)
+    known, _ = pre.parse_known_args(argv)
+    stage = known.stage
+    if stage is None and "--config" in argv:
+        import yaml
+
+        with open(argv[argv.index("--config") + 1]) as handle:
+            stage = (yaml.safe_load(handle) or {}).get("stage")
+    stage = stage or "sft"
+    preset = STAGES[stage]
+    parser = TrlParser((DreamLLMArguments, SFTConfig))
+    parser.set_defaults(**COMMON_DEFAULTS, learning_rate=preset.learning_rate, stage=stage)
+    script_args, training_args = parser.parse_args_and_config(argv)
+    if script_args.model_name_or_path is None:
+        parser.error("--model_name_or_path is required")
+    if script_args.stage != stage:  # the YAML named another stage than the pre-parse saw
+        raise ValueError(f"conflicting stages: {stage} and {script_args.stage}")
+    return script_args, training_args
+
+
+def set_stage_trainable(model: DreamLLMForCausalLM, stage: str) -> None:
+    """`requires_grad` per stage: projectors and queries always; the LLM from I-GPT on; CLIP never."""
+    model.requires_grad_(False)
+    base = model.model
+    for name in PROJECTORS_AND_QUERIES:
+        getattr(base, name).requires_grad_(True)
+    if STAGES[stage].train_language_model:
+        base.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+
+
+# LoRA on the LLM's projections only: CLIP has q_proj/k_proj/v_proj too, and "all-linear" would catch the projectors.
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def new_token_ids(config) -> list[int]:
+    """Ids of the DreamLLM tokens added to the LLM's vocabulary (their embedding and output rows are trained)."""
+    return sorted({getattr(config, name) for name in SPECIAL_TOKENS})
+
+
+def apply_lora(model, r: int, alpha: int | None = None, dropout: float = 0.05, train_modules=()) -> PeftModel:
+    """LoRA adapters on `model.model.language_model` (PEFT); `train_modules` (sub-modules of `model.model`: the
+    projectors and `dream_queries`) train in full, and the new tokens' rows of `embed_tokens` and `lm_head` through
+    PEFT's trainable tokens. Saves merge the adapters into a plain folder (`train.trainer.merged_state_dict`)."""
+    token_ids = new_token_ids(model.config)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha or 2 * r,
+        lora_dropout=dropout,
+        target_modules=LANGUAGE_MODEL_TARGETS,
+        modules_to_save=list(train_modules) or None,
+        trainable_token_indices={"embed_tokens": token_ids, "lm_head": token_ids},
+    )
+    return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def zero3_init_disabled():
+    """Build frozen modules outside DeepSpeed ZeRO-3's `zero.Init`, so they are not partitioned (as diffusers'
+    training examples do for their frozen text encoder and VAE)."""
+    try:
+        from accelerate.state import AcceleratorState
+
+        plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
+    except Exception:
+        plugin = None
+    if plugin is None:
+        yield
+        return
+    with plugin.zero3_init_context_manager(enable=False):
+        yield
+
+
+def load_model(folder: str | Path) -> DreamLLMForCausalLM:
+    """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`."""
+    model = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    register_auto_classes(model.config)
+    return model
+
+
+def resolve_resume(training_args: SFTConfig) -> str | None:
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    if str(value).lower() in ("true", "last"):
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            logger.warning("no checkpoint in %s: training from the start", training_args.output_dir)
+        return last
+    return value
+
+
+def _first_set(*values):
+    return next(value for value in values if value is not None)
+
+
+def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> DreamLLMTrainer:
+    """Model, processor, decoder loss and data for `script_args.stage`, wrapped in a `DreamLLMTrainer`."""
+    folder = Path(script_args.model_name_or_path)
+    preset = STAGES[script_args.stage]
+    set_seed(training_args.seed)
+    model = load_model(folder)
+    processor = DreamLLMProcessor.from_pretrained(folder, trust_remote_code=True)
+    set_stage_trainable(model, script_args.stage)
+    if script_args.lora_r:
+        if not preset.train_language_model:
+            raise ValueError(f"LoRA adapts the language model, which the {script_args.stage} stage keeps frozen")
+        model.requires_grad_(False)
+        model = apply_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout,
+                           train_modules=PROJECTORS_AND_QUERIES)
+    with zero3_init_disabled():
+        diffusion_loss = DreamLLMDiffusionLoss.from_pretrained(
+            folder,
+            unet_dtype=torch.bfloat16 if training_args.bf16 else None,  # frozen: no master copy needed
+            snr_gamma=script_args.snr_gamma,
+            max_unet_batch=script_args.max_unet_batch,
+            noise_offset=script_args.noise_offset,
+        )
+    train_dataset = build_train_dataset(
+        script_args.data,
+        processor,
+        streaming=script_args.streaming,
+        creation_prob=script_args.creation_prob,
+        min_similarity=script_args.min_similarity,
+        max_length=training_args.max_length,
+        seed=training_args.seed,
+        shuffle_buffer=script_args.shuffle_buffer,
+    )
+    return DreamLLMTrainer(
+        model,
+        training_args,
+        diffusion_loss=diffusion_loss,
+        decoder_folder=folder,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        lm_loss_weight=_first_set(script_args.lm_loss_weight, preset.lm_loss_weight),
+        diffusion_loss_weight=_first_set(script_args.diffusion_loss_weight, preset.diffusion_loss_weight),
+        condition_drop_prob=script_args.condition_drop_prob,
+    )
+
+
+def main(argv: list[str] | None = None) -> DreamLLMTrainer:
+    """Run one stage end to end; returns the trainer (its `state.log_history` holds the losses)."""
+    script_args, training_args = parse_args(argv)
+    trainer = build_trainer(script_args, training_args)
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    trainer.save_final(training_args.output_dir)
+    return trainer
+
+
+__all__ = ["STAGES", "DreamLLMArguments", "apply_lora", "build_trainer", "main", "parse_args", "set_stage_trainable"]

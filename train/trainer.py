@@ -1,0 +1,340 @@
+"""`DreamLLMTrainer`: TRL's `SFTTrainer` with DreamLLM's joint loss, data counters and folder-shaped checkpoints.
+
+    trainer = DreamLLMTrainer(
+        model, args, diffusion_loss=DreamLLMDiffusionLoss.from_pretrained(folder), decoder_folder=folder,
+        train_dataset=build_train_dataset(["data/pairs"], processor), processing_class=processor,
+    )
+    trainer.train()
+    trainer.save_final()   # args.output_dir: a complete DreamLLM folder (model, processor, unet/, vae/, scheduler/)
+
+loss = lm_loss_weight * LM token mean + diffusion_loss_weight * diffusion loss (the frozen UNet's noise-prediction
+MSE, conditioned on the model's `condition_embeds`). Both terms are logged (`lm_loss`, `diffusion_loss`), as are
+the data counters (`data/skipped_*`: records skipped, per reason, since the start).
+
+Every folder the trainer writes (`checkpoint-N` and the final model) has the layout of `train.assemble`: the
+model and processor with their code files, the frozen decoder's `unet/`, `vae/`, `scheduler/`, and the pipeline
+index when `pipeline_dreamllm` is available. LoRA runs are saved merged, as plain folders. Folders are written
+aside and renamed into place: complete or absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
+from safetensors.torch import load_file
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from trl import SFTConfig, SFTTrainer
+
+from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
+from train.data.collator import DreamLLMDataCollator
+from train.data.encoding import COUNT_KEYS
+from train.diffusion_loss import DreamLLMDiffusionLoss
+
+IGNORE_INDEX = -100
+TRAINER_STATE_NAME = "trainer_state.json"
+ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
+DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
+
+
+# ------------------------------------------------------------------------------------------------ folder layout
+# Everything training writes is a DreamLLM folder: root = model + processor + code files, `unet/`, `vae/`,
+# `scheduler/` = the frozen decoder (+ the diffusers pipeline index). Folders are written aside and published whole.
+def complete_folder(folder: str | Path, decoder_source: str | Path) -> None:
+    """Add the frozen decoder (copied from the folder the run started from) and the pipeline files to a model."""
+    folder, decoder_source = Path(folder), Path(decoder_source)
+    for name in DECODER_SUBFOLDERS:
+        if not (folder / name).exists():
+            if not (decoder_source / name).is_dir():
+                raise FileNotFoundError(f"{decoder_source} has no {name}/ to copy into {folder}")
+            shutil.copytree(decoder_source / name, folder / name)
+    write_pipeline_files(folder)
+
+
+def publish(staging: str | Path, final: str | Path) -> None:
+    """Move a complete `staging` folder to `final` in one rename (replacing an older `final`)."""
+    staging, final = Path(staging), Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
+def publish_into(staging: str | Path, final: str | Path) -> None:
+    """Move the entries of a complete `staging` folder into `final`, which keeps its other entries (checkpoints).
+    Each entry moves by rename and `config.json` last, so a folder with a `config.json` holds a complete model."""
+    staging, final = Path(staging), Path(final)
+    final.mkdir(parents=True, exist_ok=True)
+    (final / "config.json").unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == "config.json"):
+        target = final / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA merge
+LORA_WRAPPER_MARKERS = (".base_layer.", "lora_", ".original_module.", ".modules_to_save.", ".token_adapter.")
+
+
+@torch.no_grad()
+def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model with every adapter folded in, computed without touching `peft_model`
+    (unlike `merge_adapter`/`unmerge_adapter`, which would round the training weights)."""
+    base = peft_model.get_base_model()
+    adapter = peft_model.active_adapter
+    state: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, LoraLayer):
+            layer = module.get_base_layer()
+            weight = layer.weight
+            if adapter in module.lora_A and adapter not in module.merged_adapters:
+                weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            state[prefix + "weight"] = weight
+            if getattr(layer, "bias", None) is not None:
+                state[prefix + "bias"] = layer.bias
+        elif isinstance(module, ModulesToSaveWrapper):
+            for key, value in module.modules_to_save[adapter].state_dict().items():
+                state[prefix + key] = value
+        elif isinstance(module, TrainableTokensWrapper):
+            state[prefix + "weight"] = module.token_adapter.get_merged_weights([adapter])
+    for key, value in base.state_dict().items():
+        if not any(marker in key for marker in LORA_WRAPPER_MARKERS):
+            state.setdefault(key, value)
+    return {key: value.detach().contiguous() for key, value in state.items()}
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over the learned tokens of the whole batch (fp32). A batch without learned
+    tokens gives 0, not NaN, and no host sync is needed to tell."""
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+class DreamLLMTrainer(SFTTrainer):
+    """`SFTTrainer` for DreamLLM (see the module docstring).
+
+    Args:
+        model: a `DreamLLMForCausalLM` (or a PEFT model around one) with the stage's `requires_grad` flags set.
+        args: an `SFTConfig`; `remove_unused_columns` and dataset preparation are turned off (the samples are
+            already encoded, and carry columns the model does not take).
+        diffusion_loss: the frozen decoder's loss; it is moved to the training device, outside the optimizer.
+        decoder_folder: where `unet/`, `vae/`, `scheduler/` are copied from into every saved folder.
+        lm_loss_weight, diffusion_loss_weight, condition_drop_prob: default to the model config's values.
+    """
+
+    # Both loss terms are means over one micro-batch: the Trainer divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        args: SFTConfig,
+        *,
+        diffusion_loss: DreamLLMDiffusionLoss,
+        decoder_folder: str | Path,
+        processing_class,
+        data_collator=None,
+        lm_loss_weight: float | None = None,
+        diffusion_loss_weight: float | None = None,
+        condition_drop_prob: float | None = None,
+        **kwargs,
+    ):
+        args.remove_unused_columns = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if data_collator is None:
+            data_collator = DreamLLMDataCollator(processing_class.tokenizer.pad_token_id, args.pad_to_multiple_of)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
+        )
+        # The LM term is a per-batch token mean computed here: no token counting across micro-batches.
+        self.model_accepts_loss_kwargs = False
+        config = self._dreamllm().config
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        self.lm_loss_weight = pick(lm_loss_weight, config.lm_loss_weight)
+        self.diffusion_loss_weight = pick(diffusion_loss_weight, config.diffusion_loss_weight)
+        self.condition_drop_prob = pick(condition_drop_prob, config.condition_drop_prob)
+        self.decoder_folder = Path(decoder_folder)
+        self.diffusion_loss = diffusion_loss.to(self.args.device)
+        if args.activation_checkpointing:
+            self.diffusion_loss.enable_gradient_checkpointing()
+        self._dream_parameters: list[torch.Tensor] | None = None
+        self._term_sums = {"train": None, "eval": None}
+        self._term_counts = {"train": 0, "eval": 0}
+        self._data_counts = Counter()
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _unwrapped(self, model=None):
+        return self.accelerator.unwrap_model(model if model is not None else self.model)
+
+    def _dreamllm(self, model=None):
+        """The plain `DreamLLMForCausalLM` (inside DDP/FSDP/DeepSpeed and PEFT wrappers)."""
+        unwrapped = self._unwrapped(model)
+        return unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
+
+    def _is_peft(self) -> bool:
+        return isinstance(self._unwrapped(), PeftModel)
+
+    def dream_parameters(self) -> list[torch.Tensor]:
+        """Trainable parameters of the creation path (queries, condition projector): in a single process, a batch
+        without creation blocks ties its zero diffusion loss to them. Read after `accelerator.prepare`."""
+        if self._dream_parameters is None:
+            self._dream_parameters = [
+                param
+                for name, param in self._unwrapped().named_parameters()
+                if param.requires_grad
+                and any(marker in name for marker in DREAM_PARAMETER_MARKERS)
+                and type(param.data) is torch.Tensor  # sharded (DTensor) parameters cannot mix with plain tensors
+            ]
+        return self._dream_parameters
+
+    def null_condition(self, model) -> torch.Tensor:
+        """`model.get_null_condition()` through the root module, so FSDP/DeepSpeed hooks run: the same
+        `[<s>, <dream_start>, queries, <dream_end>]` pass the pipeline uses for classifier-free guidance."""
+        unwrapped = self._unwrapped(model)
+        ids = self._dreamllm(model).model.null_condition_ids(device=self.args.device)
+        return unwrapped(input_ids=ids, use_cache=False, logits_to_keep=1).condition_embeds
+
+    # --------------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        data_counts = inputs.pop("data_counts", None)
+        targets = inputs.pop("target_pixel_values", None)
+        labels = inputs.pop("labels", None)
+        # The plain forward, not TRL's fused LM head: it is the forward that returns `condition_embeds`.
+        outputs = model(**inputs, use_cache=False)
+        zero = torch.zeros((), device=outputs.logits.device)
+        # A term weighted 0 is not computed at all (e.g. comprehension-only runs skip the UNet).
+        lm_loss = causal_lm_loss(outputs.logits, labels) if labels is not None and self.lm_loss_weight else zero
+        condition_embeds = outputs.condition_embeds if self.diffusion_loss_weight else None
+        targets = targets if self.diffusion_loss_weight else None
+        null = None
+        drop_prob = self.condition_drop_prob if model.training else 0.0
+        if drop_prob > 0 and condition_embeds is not None:
+            null = self.null_condition(model)
+        # Without creation blocks the loss is a zero tied to the creation parameters, so a single process sees
+        # them in the graph; under DDP/FSDP/DeepSpeed it is a plain zero, since a parameter used outside the
+        # wrapped forward would be reported twice (DDP finds unused parameters itself, the others need nothing).
+        anchors = self.dream_parameters() if model is self._unwrapped(model) else ()
+        diffusion_loss = self.diffusion_loss(
+            condition_embeds, targets, null_condition=null, condition_drop_prob=drop_prob, anchors=anchors
+        )
+        loss = self.lm_loss_weight * lm_loss + self.diffusion_loss_weight * diffusion_loss
+
+        mode = "train" if model.training else "eval"
+        terms = torch.stack([lm_loss.detach().float(), diffusion_loss.detach().float().to(lm_loss.device)])
+        self._term_sums[mode] = terms if self._term_sums[mode] is None else self._term_sums[mode] + terms
+        self._term_counts[mode] += 1
+        if data_counts and mode == "train":
+            self._data_counts.update(data_counts)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Tensors become floats here only, once per logging step (no host sync inside the training step).
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        count = self._term_counts[mode]
+        if count:
+            means = self.accelerator.reduce(self._term_sums[mode] / count, reduction="mean").tolist()
+            logs[f"{prefix}lm_loss"], logs[f"{prefix}diffusion_loss"] = means
+            self._term_sums[mode], self._term_counts[mode] = None, 0
+        if mode == "train":
+            counts = torch.tensor([self._data_counts[key] for key in COUNT_KEYS], device=self.args.device)
+            counts = self.accelerator.reduce(counts, reduction="sum").tolist()
+            logs.update({f"data/{key}": value for key, value in zip(COUNT_KEYS, counts, strict=True) if value})
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save a plain DreamLLM folder (LoRA merged in) with the decoder and pipeline files."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self._is_peft():
+            if self.args.should_save:
+                peft_model = self._unwrapped()
+                os.makedirs(output_dir, exist_ok=True)
+                peft_model.get_base_model().save_pretrained(output_dir, state_dict=merged_state_dict(peft_model))
+                peft_model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER))
+                self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        else:
+            super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            complete_folder(output_dir, self.decoder_folder)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Like `Trainer._save_checkpoint`, but written aside and renamed into place: complete or absent."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f".tmp-{name}")
+        if self.args.should_save and os.path.exists(staging):  # left over from an interrupted save
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        os.makedirs(staging, exist_ok=True)
+        self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            for callback in self.callback_handler.callbacks + [self.control]:
+                if isinstance(callback, ExportableState):  # as Trainer._save_checkpoint does
+                    name_, state = type(callback).__name__, callback.state()
+                    if isinstance(self.state.stateful_callbacks[name_], list):
+                        self.state.stateful_callbacks[name_].append(state)
+                    else:
+                        self.state.stateful_callbacks[name_] = state
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish(staging, final)
+            if self.state.best_global_step:
+                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+                if os.path.exists(best):
+                    self.state.best_model_checkpoint = best
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, output_dir: str | None = None) -> str:
+        """Save the trained model as a complete, plain DreamLLM folder at `output_dir` (default `args.output_dir`,
+        which may already hold checkpoints); the files are written aside first and moved in together."""
+        output_dir = output_dir or self.args.output_dir
+        staging = os.path.join(output_dir, ".tmp-final")
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging, ADAPTER_SUBFOLDER), ignore_errors=True)  # only for resuming
+            publish_into(staging, output_dir)
+        self.accelerator.wait_for_everyone()
+        return output_dir
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # LoRA checkpoints hold the merged model at the root; training resumes from the adapter beside it.
+        target = model if model is not None else self.model
+        if isinstance(self._unwrapped(target), PeftModel):
+            weights = load_file(os.path.join(resume_from_checkpoint, ADAPTER_SUBFOLDER, "adapter_model.safetensors"))
+            set_peft_model_state_dict(self._unwrapped(target), weights)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+
+
+__all__ = ["DreamLLMTrainer", "causal_lm_loss", "complete_folder", "merged_state_dict", "publish", "publish_into"]
