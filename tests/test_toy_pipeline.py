@@ -1,0 +1,42 @@
+"""The shapes world's DreamLLM run: its training files, story scoring and the generated document page."""
+
+from PIL import Image
+
+from train.data import build_train_dataset, detect_kind
+from train.toy.data import write_world_data
+from train.toy.evaluate import story_states
+from train.toy.world import Scene, Shape
+
+
+def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
+    files = write_world_data(tmp_path, seed=0, num_pairs=6, num_stories=3, num_qa=4, num_instructions=4)
+    assert detect_kind(str(files["pairs"]))[0] == "pairs"
+    assert sorted(p.suffix for p in files["pairs"].iterdir()) == [".png"] * 6 + [".txt"] * 6
+    for key in ("stories", "qa", "instructions"):
+        assert detect_kind(str(files[key]))[0] != "pairs"
+    dataset = build_train_dataset([str(files[k]) for k in ("pairs", "stories", "qa", "instructions")], tiny_processor)
+    assert len(dataset) >= 6 + 3 + 4 + 4  # mixing may repeat the smaller sources
+    samples = [dataset[index] for index in range(len(dataset))]
+    assert all(len(sample["input_ids"]) > 0 for sample in samples)  # every record encodes, none is skipped
+    assert write_world_data(tmp_path / "again", seed=0, num_pairs=6, num_stories=3, num_qa=4, num_instructions=4)
+    assert (tmp_path / "stories.jsonl").read_text() == (tmp_path / "again" / "stories.jsonl").read_text()
+
+
+def test_story_states_follow_the_generated_sentences():
+    states = story_states(["A red circle is on the left.", " Then it turns blue.", " Then it moves to the top.", "Hm."])
+    assert states == [
+        Scene((Shape("red", "circle", "left"),)),
+        Scene((Shape("blue", "circle", "left"),)),
+        Scene((Shape("blue", "circle", "top"),)),
+        Scene((Shape("blue", "circle", "top"),)),
+    ]
+    assert story_states(["no story here"]) == [None]
+
+
+def test_generate_writes_an_html_page_with_its_images(tmp_path):
+    from generate import write_document
+
+    page = write_document(["A red circle.", Image.new("RGB", (64, 64), (255, 0, 0)), "The end <3"], "a prompt", tmp_path)
+    html = page.read_text()
+    assert html.index("A red circle.") < html.index('src="image_1.png"') < html.index("The end &lt;3")
+    assert Image.open(tmp_path / "image_1.png").getpixel((0, 0)) == (255, 0, 0)

@@ -1,0 +1,183 @@
+"""Stage 0, part 1: a small CLIP trained contrastively on (picture, caption) pairs of the shapes world."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers.image_utils import PILImageResampling
+
+from .stage0_common import (
+    CLIP_MAX_LENGTH,
+    CLIP_MEAN,
+    CLIP_STD,
+    build_clip_tokenizer,
+    clip_input_ids,
+    clip_normalize,
+    progress,
+    render_batch,
+    scaled,
+    scaled_batch,
+    smooth,
+    warmup_cosine,
+)
+from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, _boxes_apart, as_rng, caption, place, sample_scene
+
+STEPS = 1200
+BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
+LR = 1e-3
+POSITION_INIT_STD = 0.5
+
+
+def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
+    """64 px images in 8 px patches (64 patches); both towers tiny."""
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=64,
+            patch_size=8,
+            hidden_size=96,
+            intermediate_size=384,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+        ),
+        projection_dim=64,
+    )
+    model = CLIPModel(config)
+    # World pictures are mostly black patches, identical but for their position embedding: start that embedding as
+    # strong as the patch content (not CLIP's 0.02) so that where a shape sits is learnt in a few hundred steps.
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embedding.weight.normal_(std=POSITION_INIT_STD)
+    return model
+
+
+def image_processor() -> CLIPImageProcessor:
+    """64 px in, 64 px out: the resize and crop are identities on world pictures; OpenAI's mean/std."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 64, "width": 64},
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+def twin(rng: np.random.Generator, scene: Scene) -> Scene:
+    """A hard negative: the scene with one attribute of one shape changed, geometry kept; mostly the shape, which is
+    what random in-batch negatives teach slowest."""
+    options = _variants(scene)
+    attribute = rng.choice(["shape", "color", "position"], p=[0.5, 0.25, 0.25])
+    for candidate in rng.permutation(options[attribute]).tolist() + rng.permutation(options["shape"]).tolist():
+        if len(candidate.shapes) == 1 or _boxes_apart(*candidate.shapes):
+            return candidate
+    return scene
+
+
+def _contrastive_loss(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Symmetric InfoNCE; pairs in the batch that share a caption are all positives (soft targets)."""
+    out = model(input_ids=ids, pixel_values=clip_normalize(pixels))
+    logits = out.logits_per_image
+    same = np.array(captions)[:, None] == np.array(captions)[None, :]
+    targets = torch.from_numpy(same / same.sum(1, keepdims=True)).float()
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def train_clip(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
+    """Train from scratch; the loss curve goes to log['clip_loss']."""
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    model = build_clip(tokenizer).train()
+    rng = as_rng(seed + 11)
+    steps, batch = scaled(STEPS, steps_scale), scaled_batch(BATCH, steps_scale)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05)
+    schedule = warmup_cosine(optimizer, steps, warmup=50)
+    losses = []
+    for _, bar in progress(steps, "clip"):
+        scenes = [sample_scene(rng) for _ in range(batch // 2)]
+        scenes += [twin(rng, scene) for scene in scenes]
+        captions = [caption(s) for s in scenes]
+        loss = _contrastive_loss(model, render_batch(scenes), clip_input_ids(tokenizer, captions), captions)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    log["clip_loss"] = smooth(losses, max(1, steps // 50))
+    log["clip_final_loss"] = float(np.mean(losses[-20:]))
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def _text_embeds(model: CLIPModel, tokenizer, captions: list[str]) -> torch.Tensor:
+    return F.normalize(model.get_text_features(input_ids=clip_input_ids(tokenizer, captions)).pooler_output, dim=-1)
+
+
+@torch.no_grad()
+def _image_embeds(model: CLIPModel, scenes: list[Scene]) -> torch.Tensor:
+    return F.normalize(model.get_image_features(pixel_values=clip_normalize(render_batch(scenes))).pooler_output, dim=-1)
+
+
+def _variants(scene: Scene) -> dict[str, list[Scene]]:
+    """Scenes that differ from `scene` in one attribute of one shape, by attribute (positions stay distinct)."""
+    out = {"color": [], "shape": [], "position": []}
+    for i, s in enumerate(scene.shapes):
+        others = [o for j, o in enumerate(scene.shapes) if j != i]
+        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
+            for value in values:
+                if value == getattr(s, attribute) or (attribute == "position" and value in [o.position for o in others]):
+                    continue
+                changed = list(scene.shapes)
+                changed[i] = replace(s, **{attribute: value})
+                if len(changed) == 2 and changed[0].color == changed[1].color:
+                    continue
+                out[attribute].append(Scene(tuple(changed)))
+    return out
+
+
+def zero_shot(model: CLIPModel, tokenizer, seed: int, num_images: int = 300) -> dict[str, float]:
+    """Retrieval accuracy. One shape: the top caption of all 90 single-shape captions, per attribute. Two shapes: how
+    often the true caption beats every caption that changes that attribute of one shape."""
+    rng = as_rng(seed)
+    all_attributes = list(product(COLORS, SHAPES, POSITIONS))
+    candidates = [caption(Scene((Shape(*a),))) for a in all_attributes]
+    text = _text_embeds(model, tokenizer, candidates)
+    scenes = [place(rng, [all_attributes[int(rng.integers(len(all_attributes)))]]) for _ in range(num_images)]
+    best = (_image_embeds(model, scenes) @ text.T).argmax(-1)
+    result = {}
+    for k, name in enumerate(("color", "shape", "position")):
+        hits = [all_attributes[int(b)][k] == s.shapes[0].attributes[k] for b, s in zip(best, scenes)]
+        result[f"single_{name}"] = float(np.mean(hits))
+    pairs = [sample_scene(rng, 2) for _ in range(num_images // 3)]
+    images = _image_embeds(model, pairs)
+    hits = {"color": [], "shape": [], "position": []}
+    for image, scene in zip(images, pairs):
+        true = float(_text_embeds(model, tokenizer, [caption(scene)])[0] @ image)
+        for attribute, scenes_ in _variants(scene).items():
+            other = _text_embeds(model, tokenizer, [caption(s) for s in scenes_]) @ image
+            hits[attribute].append(bool(true > other.max()))
+    result.update({f"pair_{k}": float(np.mean(v)) for k, v in hits.items()})
+    return result
+
+
+def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """CLIPModel + CLIPImageProcessor + tokenizer, each loadable on its own from `path`."""
+    model.save_pretrained(path)
+    image_processor().save_pretrained(path)
+    tokenizer.save_pretrained(path)
