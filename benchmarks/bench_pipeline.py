@@ -17,14 +17,14 @@ import diffusers
 import numpy as np
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_dreamllm import DreamLLMPipeline  # noqa: E402
 from train.assemble import assemble  # noqa: E402
-from train.tiny_random import build_tiny_tokenizer  # noqa: E402
+from train.tiny_random import build_tiny_tokenizer, save_tiny_decoder  # noqa: E402
 
 PROMPT = "A photo of a cat sitting on a red sofa."
 STEPS = 25
@@ -63,31 +63,7 @@ def build_components(root: Path) -> dict[str, Path]:
     image_processor.save_pretrained(root / "vision")
 
     diffusion = root / "diffusion"
-    UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CONDITION_SIZE,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).save_pretrained(diffusion / "unet")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8,
-        sample_size=64,
-    ).save_pretrained(diffusion / "vae")
-    DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
-    ).save_pretrained(diffusion / "scheduler")
+    save_tiny_decoder(diffusion, CONDITION_SIZE, channels=(32, 64), latent_size=32, attention_head_dim=8, norm_num_groups=8)
     return {"llm": root / "llm", "vision": root / "vision", "diffusion": diffusion}
 
 

@@ -62,29 +62,41 @@ def build_tiny_components(root: str | Path, seed: int = 0, condition_hidden_size
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vision")
 
     diffusion = root / "diffusion"
+    save_tiny_decoder(diffusion, condition_hidden_size)
+    return {"llm": root / "llm", "vision": root / "vision", "diffusion": diffusion}
+
+
+def save_tiny_decoder(
+    folder: Path,
+    condition_hidden_size: int,
+    channels: tuple[int, int] = (8, 16),
+    latent_size: int = 8,
+    attention_head_dim: int = 2,
+    norm_num_groups: int = 4,
+) -> None:
+    """A random Stable Diffusion decoder (`unet/`, `vae/`, `scheduler/`) whose images are `2 * latent_size` px."""
     UNet2DConditionModel(
-        sample_size=8,
+        sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(8, 16),
+        block_out_channels=channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=condition_hidden_size,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    ).save_pretrained(diffusion / "unet")
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=norm_num_groups,
+    ).save_pretrained(folder / "unet")
     AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        block_out_channels=(8, 16),
+        block_out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=16,
-    ).save_pretrained(diffusion / "vae")
+        norm_num_groups=norm_num_groups,
+        sample_size=2 * latent_size,
+    ).save_pretrained(folder / "vae")
     DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
-    ).save_pretrained(diffusion / "scheduler")
-    return {"llm": root / "llm", "vision": root / "vision", "diffusion": diffusion}
+    ).save_pretrained(folder / "scheduler")
