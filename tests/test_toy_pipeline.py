@@ -18,7 +18,7 @@ def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
     assert len(dataset) >= 6 + 3 + 4 + 4  # mixing may repeat the smaller sources
     samples = [dataset[index] for index in range(len(dataset))]
     assert all(len(sample["input_ids"]) > 0 for sample in samples)  # every record encodes, none is skipped
-    assert write_world_data(tmp_path / "again", seed=0, num_pairs=6, num_stories=3, num_qa=4, num_instructions=4)
+    write_world_data(tmp_path / "again", seed=0, num_pairs=6, num_stories=3, num_qa=4, num_instructions=4)
     assert (tmp_path / "stories.jsonl").read_text() == (tmp_path / "again" / "stories.jsonl").read_text()
 
 

@@ -13,8 +13,9 @@
 import json
 from pathlib import Path
 
-from train.toy.world import Scene, caption, render, sample_instruction, sample_qa, sample_scene, sample_story
 import numpy as np
+
+from train.toy.world import Scene, caption, render, sample_instruction, sample_qa, sample_scene, sample_story
 
 
 class _ImageStore:
