@@ -35,7 +35,7 @@ class ToyScores:
         lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
         for area, name, value in rows:
             # Counts and averages print as numbers, everything else is an accuracy.
-            shown = f"{value:6.2f}" if name == "n" or name.endswith("per_story") else f"{value:6.1%}"
+            shown = f"{int(value):6d}" if name == "n" else f"{value:6.2f}" if name.endswith("per_story") else f"{value:6.1%}"
             lines.append(f"{f'{area} / {name}':<{width}}  {shown}")
         return "\n".join(lines)
 
