@@ -26,7 +26,7 @@ from .stage0_common import (
     smooth,
     warmup_cosine,
 )
-from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, _boxes_apart, as_rng, caption, place, sample_scene
+from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, shapes_apart, as_rng, caption, place, sample_scene
 
 STEPS = 1200
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
@@ -83,7 +83,7 @@ def twin(rng: np.random.Generator, scene: Scene) -> Scene:
     options = _variants(scene)
     attribute = rng.choice(["shape", "color", "position"], p=[0.5, 0.25, 0.25])
     for candidate in rng.permutation(options[attribute]).tolist() + rng.permutation(options["shape"]).tolist():
-        if len(candidate.shapes) == 1 or _boxes_apart(*candidate.shapes):
+        if len(candidate.shapes) == 1 or shapes_apart(*candidate.shapes):
             return candidate
     return scene
 

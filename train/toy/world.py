@@ -123,7 +123,8 @@ def _pick(rng: np.random.Generator, options: Sequence):
 
 
 # ----------------------------------------------------------------------------------------------------------- scenes
-def _boxes_apart(a: Shape, b: Shape, gap: int = MIN_GAP) -> bool:
+def shapes_apart(a: Shape, b: Shape, gap: int = MIN_GAP) -> bool:
+    """Whether two shapes' bounding boxes are more than `gap` px apart (along x or y)."""
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()
     return bx0 - ax1 > gap or ax0 - bx1 > gap or by0 - ay1 > gap or ay0 - by1 > gap
@@ -144,7 +145,7 @@ def place(rng: np.random.Generator, attributes: Sequence[tuple[str, str, str]]) 
     size_range = SINGLE_SIZE_RANGE if len(attributes) == 1 else PAIR_SIZE_RANGE
     while True:
         shapes = tuple(Shape(c, s, p, **_sample_geometry(rng, size_range)) for c, s, p in attributes)
-        if all(_boxes_apart(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1 :]):
+        if all(shapes_apart(a, b) for i, a in enumerate(shapes) for b in shapes[i + 1 :]):
             return Scene(shapes)
 
 
@@ -422,6 +423,7 @@ __all__ = [
     "sample_qa",
     "sample_scene",
     "sample_story",
+    "shapes_apart",
     "step_sentence",
     "story_text",
     "words",
