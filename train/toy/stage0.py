@@ -57,7 +57,9 @@ def run(output: Path, seed: int = 0, steps_scale: float = 1.0) -> dict:
         pipeline = make_pipeline(vae, text_encoder, clip_tokenizer, unet)
         pipeline.save_pretrained(output / "diffusion")
     with timed(seconds, "diffusion_eval"):
-        log["text_to_image"] = evaluate_pipeline(pipeline, seed + 1002, num_captions=scaled(50, eval_scale, 4))
+        num_captions = scaled(50, eval_scale, 4)
+        log["text_to_image"] = evaluate_pipeline(pipeline, seed + 1002, num_captions)  # the pipeline's default CFG 7.5
+        log["text_to_image_cfg3"] = evaluate_pipeline(pipeline, seed + 1002, num_captions, guidance_scale=3.0)
 
     with timed(seconds, "lm"):
         lm, lm_tokenizer = train_lm(seed, steps_scale, log)
@@ -75,7 +77,8 @@ def summary(log: dict) -> str:
     lines.append(f"lm held-out loss {log['lm_heldout_loss']:.4f}, token accuracy {log['lm_heldout_token_accuracy']:.3f}")
     lines.append(f"vae reconstruction accuracy (judge): {log['vae_reconstruction_accuracy']:.3f}")
     lines.append("clip zero-shot: " + ", ".join(f"{k} {v:.2f}" for k, v in log["clip_zero_shot"].items()))
-    lines.append("text-to-image (judge): " + ", ".join(f"{k} {v:.2f}" for k, v in log["text_to_image"].items()))
+    for key, name in (("text_to_image", "guidance 7.5"), ("text_to_image_cfg3", "guidance 3")):
+        lines.append(f"text-to-image, {name} (judge): " + ", ".join(f"{k} {v:.2f}" for k, v in log[key].items()))
     return "\n".join(lines)
 
 

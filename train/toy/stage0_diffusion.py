@@ -17,19 +17,18 @@ from .judge import judge, score_caption
 from .stage0_common import EMA, clip_input_ids, progress, render_batch, scaled, scaled_batch, smooth, warmup_cosine
 from .world import as_rng, caption, sample_scene
 
-VAE_STEPS = 1000
-VAE_BATCH = 32
+VAE_STEPS = 500
+VAE_BATCH = 16
 VAE_LR = 1e-3
 VAE_KL_WEIGHT = 1e-4  # per latent element, against a per-pixel MSE: latents stay smooth without losing detail
 UNET_STEPS = 2000
-UNET_BATCH = 64
-UNET_LR = 1e-3
+UNET_BATCH = 32
+UNET_LR = 2e-3
 UNET_EMA = 0.995
 LATENT_SET = 4096  # pictures encoded once (~17 ms each); the UNet sees each several times
 CAPTION_DROP = 0.1
 MIN_SNR_GAMMA = 5.0
-# 64 px -> 8x8x4: three downsamplings. The UNet then costs a quarter of what 16x16 latents would, which buys it 4x
-# the steps in stage 0's CPU budget; the decoder is strong enough to draw the world's shapes from 8x8.
+# 64 px -> 16x16x4 latents: two downsamplings, narrow at full resolution where convolutions cost the most.
 VAE_CHANNELS = (16, 32, 64)
 UNET_CHANNELS = (32, 64, 128)
 # Attention at 8x8 and 4x4 only: text and layout meet where a latent pixel covers a quarter of a shape; the 16x16
@@ -50,7 +49,7 @@ def build_vae() -> AutoencoderKL:
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
-        mid_block_add_attention=False,  # 8x8 latents: convolutions already see the whole picture
+        mid_block_add_attention=False,  # a 16x16 latent of flat shapes needs no global attention to reconstruct
     )
 
 
@@ -121,7 +120,8 @@ def train_vae(seed: int, steps_scale: float, log: dict) -> AutoencoderKL:
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval()
     with torch.no_grad():
-        latents = vae.encode(_pixels([sample_scene(rng) for _ in range(scaled_batch(256, steps_scale))])).latent_dist.mode()
+        pixels = _pixels([sample_scene(rng) for _ in range(scaled_batch(256, steps_scale))])
+        latents = vae.encode(pixels).latent_dist.mode()
         center_latents(vae, latents.mean(dim=(0, 2, 3)))
         latents = latents - latents.mean(dim=(0, 2, 3), keepdim=True)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
@@ -188,9 +188,9 @@ def train_unet(
     ema = EMA(unet, UNET_EMA)
     scheduler = build_scheduler()
     snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
-    # Min-SNR-gamma weighting (Hang et al., 2023): nearly clean steps, whose epsilon loss is all fine detail, count
+    # Min-SNR-gamma weights (Hang et al., 2023): nearly clean steps, whose epsilon loss is all fine detail, count
     # less; colour, shape and layout are decided at the noisier steps and converge several times faster.
-    min_snr_weight = lambda t: snr[t].clamp(max=MIN_SNR_GAMMA) / snr[t]  # noqa: E731
+    min_snr_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr
     generator = torch.Generator().manual_seed(seed + 41)
     steps, batch = scaled(UNET_STEPS, steps_scale), scaled_batch(UNET_BATCH, steps_scale)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=UNET_LR, weight_decay=0.0)
@@ -203,7 +203,7 @@ def train_unet(
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=generator)
         prediction = unet(scheduler.add_noise(x0, noise, t), t, condition).sample
-        loss = (min_snr_weight(t) * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = (min_snr_weight[t] * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .stage0_common import build_lm_tokenizer, progress, scaled, scaled_batch, smooth, warmup_cosine
 from .world import as_rng, world_text_stream
 
-STEPS = 600
+STEPS = 300
 BATCH = 16
 SEQUENCE = 256  # later stages put ~100-token chats around 64-token image blocks
 LR = 2e-3
