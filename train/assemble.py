@@ -9,6 +9,7 @@ model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion 
 """
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -139,20 +140,28 @@ def assemble(
         num_dream_queries=num_dream_queries,
     )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         for name in DECODER_SUBFOLDERS:
             shutil.copytree(diffusion / name, staging / name)
         write_pipeline_files(staging)
+    return output
+
+
+@contextlib.contextmanager
+def staged_folder(output: Path):
+    """Yield a hidden sibling of `output` to write into; it becomes `output` only when the block completes, and is
+    removed when it fails, so a folder is complete or absent."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
         staging.chmod(0o755)  # mkdtemp makes it private
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return output
 
 
 def write_pipeline_files(folder: Path) -> None:

@@ -18,8 +18,6 @@ sibling folder and renamed into place only when complete.
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +27,13 @@ from transformers.dynamic_module_utils import custom_object_save
 from configuration_dreamllm import DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM
 from processing_dreamllm import DreamLLMProcessor
-from train.assemble import DECODER_SUBFOLDERS, decoder_geometry, diffusion_image_processor, write_pipeline_files
+from train.assemble import (
+    DECODER_SUBFOLDERS,
+    decoder_geometry,
+    diffusion_image_processor,
+    staged_folder,
+    write_pipeline_files,
+)
 from train.convert_original_card import write_model_card
 from train.convert_original_keys import MODEL, PLUGINS, UNET, VAE, ConversionPlan, check_plan, plan_conversion
 from train.convert_original_release import (
@@ -113,9 +117,7 @@ def convert_original(
     report(plan)
 
     # 2. Write into a hidden sibling; move into place only when complete.
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir) as staging:
         max_bytes = parse_size(max_shard_size)
         model_tensors = [plan.tensors[MODEL][key] for key in expected[MODEL]]  # module order: layer-local shards
         write_safetensors_shards(staging, model_tensors, torch_dtype, "model", max_bytes)
@@ -151,11 +153,6 @@ def convert_original(
             decoder=decoder.origin,
             special_ids={"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id},
         )
-        staging.chmod(0o755)  # mkdtemp makes it private
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 
