@@ -30,14 +30,17 @@ def test_folders_load_with_native_classes(stage0_dirs):
         LlamaForCausalLM,
     )
 
+    from train.toy.stage0_common import clip_normalize, render_batch
     from train.toy.world import render, sample_scene
 
     out, _ = stage0_dirs
     vision = CLIPVisionModel.from_pretrained(out / "clip")
     processor = CLIPImageProcessor.from_pretrained(out / "clip")
-    pixels = processor(images=[render(sample_scene(0))], return_tensors="pt").pixel_values
-    assert pixels.shape == (1, 3, 64, 64)
-    assert vision(pixel_values=pixels).last_hidden_state.shape == (1, 65, vision.config.hidden_size)
+    scenes = [sample_scene(seed) for seed in range(4)]
+    pixels = processor(images=[render(scene) for scene in scenes], return_tensors="pt").pixel_values
+    assert pixels.shape == (4, 3, 64, 64)
+    assert torch.allclose(pixels, clip_normalize(render_batch(scenes)), atol=1e-5)  # what CLIP was trained on
+    assert vision(pixel_values=pixels).last_hidden_state.shape == (4, 65, vision.config.hidden_size)
     assert CLIPModel.from_pretrained(out / "clip").config.vision_config.patch_size == 8
     clip_tokenizer = AutoTokenizer.from_pretrained(out / "clip")
     assert clip_tokenizer.decode(clip_tokenizer("a red circle on the left").input_ids, skip_special_tokens=True) == (

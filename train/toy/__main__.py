@@ -28,15 +28,20 @@ class StagePlan:
     steps: int
     learning_rate: float
     data: tuple[str, ...]  # keys of `write_world_data`'s result, optionally ':weight'
+    creation_prob: float = 0.5  # share of image-text pairs used for creation
 
 
+# The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
+# trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
+# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
-    "igpt": StagePlan(steps=300, learning_rate=5e-4, data=("stories", "pairs")),
-    "sft": StagePlan(steps=300, learning_rate=3e-4, data=("qa", "instructions", "stories:0.5", "pairs:0.5")),
+    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
+    "sft": StagePlan(steps=600, learning_rate=3e-4, data=("qa", "instructions", "stories:0.5", "pairs:0.5")),
 }
 BATCH_SIZE = 8
 NUM_DREAM_QUERIES = 16
+SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
 
 
 def _data_arguments(files: dict[str, Path], keys: tuple[str, ...]) -> list[str]:
@@ -57,7 +62,8 @@ def run_stage(stage: str, model: Path, output: Path, files: dict, scale: float, 
         "--max_steps", str(max(2, round(plan.steps * scale))), "--learning_rate", str(plan.learning_rate),
         "--per_device_train_batch_size", str(BATCH_SIZE), "--logging_steps", "5", "--save_strategy", "no",
         "--seed", str(seed), "--dataloader_num_workers", "0", "--warmup_steps", "0.05",
-        "--activation_checkpointing", "false", *_data_arguments(files, plan.data),
+        "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
+        "--snr_gamma", str(SNR_GAMMA), *_data_arguments(files, plan.data),
     ]
     return train_stage(argv).state.log_history
 

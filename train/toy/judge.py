@@ -18,7 +18,7 @@ from itertools import permutations
 import numpy as np
 from PIL import Image
 
-from .world import COLORS, POSITIONS, SHAPES, Scene, parse_caption
+from .world import COLORS, POSITIONS, Scene, parse_caption
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
 _COLOR_NAMES = list(COLORS)
@@ -44,10 +44,12 @@ class Detection:
 
 
 def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, 3) float in 0-255 from a PIL image, a uint8 array or a float array in [0, 1]."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image, dtype=np.float32)
-    if array.max() <= 1.0 + 1e-6 and array.dtype != np.uint8:  # accept [0, 1] float arrays too
+    image = np.asarray(image)
+    array = image.astype(np.float32)
+    if image.dtype.kind == "f" and array.max() <= 1.0 + 1e-6:
         array = array * 255.0
     return array
 
@@ -79,7 +81,8 @@ def _soft_mask(array: np.ndarray, foreground: np.ndarray, nearest: np.ndarray, i
     values kept, so that noise stays zero-mean."""
     (y0, x0), (y1, x1) = pixels.min(0), pixels.max(0)
     height, width = foreground.shape
-    ys, xs = slice(max(y0 - pad, 0), min(y1 + pad, height - 1) + 1), slice(max(x0 - pad, 0), min(x1 + pad, width - 1) + 1)
+    ys = slice(max(y0 - pad, 0), min(y1 + pad, height - 1) + 1)
+    xs = slice(max(x0 - pad, 0), min(x1 + pad, width - 1) + 1)
     color = _PALETTE[index]
     amount = array @ color / (color @ color)
     level = max(float(np.percentile(amount[pixels[:, 0], pixels[:, 1]], 75)), 1e-3)

@@ -74,7 +74,9 @@ def summary(log: dict) -> str:
     """The numbers worth reading at the end of a run."""
     lines = [f"wall time (s): {log['seconds']}"]
     lines += [f"{part} final loss: {log[f'{part}_final_loss']:.4f}" for part in ("clip", "vae", "unet", "lm")]
-    lines.append(f"lm held-out loss {log['lm_heldout_loss']:.4f}, token accuracy {log['lm_heldout_token_accuracy']:.3f}")
+    lines.append(
+        f"lm held-out loss {log['lm_heldout_loss']:.4f}, token accuracy {log['lm_heldout_token_accuracy']:.3f}"
+    )
     lines.append(f"vae reconstruction accuracy (judge): {log['vae_reconstruction_accuracy']:.3f}")
     lines.append("clip zero-shot: " + ", ".join(f"{k} {v:.2f}" for k, v in log["clip_zero_shot"].items()))
     for key, name in (("text_to_image", "guidance 7.5"), ("text_to_image_cfg3", "guidance 3")):

@@ -26,7 +26,7 @@ from .stage0_common import (
     smooth,
     warmup_cosine,
 )
-from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, shapes_apart, as_rng, caption, place, sample_scene
+from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, as_rng, caption, place, sample_scene, shapes_apart
 
 STEPS = 1200
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
@@ -81,9 +81,13 @@ def twin(rng: np.random.Generator, scene: Scene) -> Scene:
     """A hard negative: the scene with one attribute of one shape changed, geometry kept; mostly the shape, which is
     what random in-batch negatives teach slowest."""
     options = _variants(scene)
-    attribute = rng.choice(["shape", "color", "position"], p=[0.5, 0.25, 0.25])
-    for candidate in rng.permutation(options[attribute]).tolist() + rng.permutation(options["shape"]).tolist():
-        if len(candidate.shapes) == 1 or shapes_apart(*candidate.shapes):
+    attribute = str(rng.choice(["shape", "color", "position"], p=[0.5, 0.25, 0.25]))
+
+    def shuffled(scenes: list[Scene]) -> list[Scene]:
+        return [scenes[i] for i in rng.permutation(len(scenes))]
+
+    for candidate in shuffled(options[attribute]) + shuffled(options["shape"]):
+        if len(candidate.shapes) == 1 or shapes_apart(*candidate.shapes):  # a moved shape may now touch the other
             return candidate
     return scene
 
@@ -131,17 +135,18 @@ def _text_embeds(model: CLIPModel, tokenizer, captions: list[str]) -> torch.Tens
 
 @torch.no_grad()
 def _image_embeds(model: CLIPModel, scenes: list[Scene]) -> torch.Tensor:
-    return F.normalize(model.get_image_features(pixel_values=clip_normalize(render_batch(scenes))).pooler_output, dim=-1)
+    pixels = clip_normalize(render_batch(scenes))
+    return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
 
 
 def _variants(scene: Scene) -> dict[str, list[Scene]]:
     """Scenes that differ from `scene` in one attribute of one shape, by attribute (positions stay distinct)."""
     out = {"color": [], "shape": [], "position": []}
     for i, s in enumerate(scene.shapes):
-        others = [o for j, o in enumerate(scene.shapes) if j != i]
+        taken = [o.position for j, o in enumerate(scene.shapes) if j != i]
         for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
             for value in values:
-                if value == getattr(s, attribute) or (attribute == "position" and value in [o.position for o in others]):
+                if value == getattr(s, attribute) or (attribute == "position" and value in taken):
                     continue
                 changed = list(scene.shapes)
                 changed[i] = replace(s, **{attribute: value})

@@ -71,9 +71,9 @@ def build_clip_tokenizer() -> PreTrainedTokenizerFast:
 
 def clip_input_ids(tokenizer: PreTrainedTokenizerFast, captions: Sequence[str]) -> torch.Tensor:
     """Ids exactly as StableDiffusionPipeline.encode_prompt makes them (padded to model_max_length, no mask)."""
-    return tokenizer(
-        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+    length = tokenizer.model_max_length
+    batch = tokenizer(list(captions), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return batch.input_ids
 
 
 # ---------------------------------------------------------------------------------------------------------- images

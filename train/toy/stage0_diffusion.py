@@ -21,13 +21,15 @@ VAE_STEPS = 500
 VAE_BATCH = 16
 VAE_LR = 1e-3
 VAE_KL_WEIGHT = 1e-4  # per latent element, against a per-pixel MSE: latents stay smooth without losing detail
-UNET_STEPS = 2000
+UNET_STEPS = 4000
 UNET_BATCH = 32
 UNET_LR = 2e-3
 UNET_EMA = 0.995
 LATENT_SET = 4096  # pictures encoded once (~17 ms each); the UNet sees each several times
 CAPTION_DROP = 0.1
+PAIR_FRACTION = 0.7  # of the UNet's pictures with two shapes (0.5 in the world)
 MIN_SNR_GAMMA = 5.0
+POSTERIOR_LOG_VARIANCE = -12.0  # posterior std ~0.0025 at the start (latents have std ~1.4 before scaling)
 # 64 px -> 16x16x4 latents: two downsamplings, narrow at full resolution where convolutions cost the most.
 VAE_CHANNELS = (16, 32, 64)
 UNET_CHANNELS = (32, 64, 128)
@@ -100,6 +102,7 @@ def train_vae(seed: int, steps_scale: float, log: dict) -> AutoencoderKL:
     the UNet is trained on)."""
     torch.manual_seed(seed)
     vae = build_vae().train()
+    narrow_posterior(vae)
     rng, noise = as_rng(seed + 21), torch.Generator().manual_seed(seed + 22)
     steps, batch = scaled(VAE_STEPS, steps_scale), scaled_batch(VAE_BATCH, steps_scale)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
@@ -129,6 +132,17 @@ def train_vae(seed: int, steps_scale: float, log: dict) -> AutoencoderKL:
     log["vae_final_loss"] = float(np.mean(losses[-20:]))
     log["vae_scaling_factor"] = vae.config.scaling_factor
     return vae
+
+
+@torch.no_grad()
+def narrow_posterior(vae: AutoencoderKL, log_variance: float = POSTERIOR_LOG_VARIANCE) -> None:
+    """Start the encoder's posterior at std exp(log_variance / 2) rather than 1. Stable Diffusion's VAE ends up with a
+    posterior far narrower than its latents, and DreamLLM's loss (like diffusers' training scripts) encodes targets
+    with `latent_dist.sample()`; a short run with a small KL would leave a wide posterior whose noise the UNet cannot
+    tell from diffusion noise. The 1x1 `quant_conv` maps the encoder's (mean, log-variance) channels; its
+    log-variance bias sets the start."""
+    channels = vae.config.latent_channels
+    vae.quant_conv.bias[channels:] = log_variance
 
 
 @torch.no_grad()
@@ -163,12 +177,13 @@ def encode_text(text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
 
 @torch.no_grad()
 def _latent_set(vae: AutoencoderKL, text_encoder, tokenizer, seed: int, size: int):
-    """`size` random pictures as scaled latents and their caption embeddings. Latents are posterior means: a
-    posterior sample's noise is indistinguishable from diffusion noise at small t, and the decoder does not need it."""
+    """`size` random pictures as scaled latents and their caption embeddings, mostly of two shapes (binding each
+    colour and shape to its place is what takes longest to learn). Latents are posterior means: a posterior
+    sample's noise is indistinguishable from diffusion noise at small t, and the decoder does not need it."""
     rng = as_rng(seed + 31)
     latents, texts = [], []
     for start in range(0, size, 256):
-        scenes = [sample_scene(rng) for _ in range(min(256, size - start))]
+        scenes = [sample_scene(rng, 2 if rng.random() < PAIR_FRACTION else 1) for _ in range(min(256, size - start))]
         latents.append(vae.encode(_pixels(scenes)).latent_dist.mode() * vae.config.scaling_factor)
         texts.append(encode_text(text_encoder, tokenizer, [caption(s) for s in scenes]))
     return torch.cat(latents), torch.cat(texts)
