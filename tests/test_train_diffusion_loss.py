@@ -108,3 +108,29 @@ def test_mismatched_conditions_and_targets_raise(loss_fn):
     condition, targets = _inputs(loss_fn, num_images=2)
     with pytest.raises(ValueError, match="2 creation blocks but 1"):
         loss_fn(condition, targets[:1])
+
+
+def test_several_noise_draws_per_image_share_one_condition_and_one_encode(tiny_folder, monkeypatch):
+    draws = 3
+    loss_fn = DreamLLMDiffusionLoss.from_pretrained(tiny_folder, noise_samples_per_image=draws)
+    condition, targets = _inputs(loss_fn, num_images=2)
+    encodes, unet_inputs = [], []
+    original_encode, original_loss = loss_fn.vae.encode, loss_fn._per_image_loss
+    monkeypatch.setattr(loss_fn.vae, "encode", lambda x: encodes.append(len(x)) or original_encode(x))
+
+    def spy(condition, noisy, timesteps, target):
+        unet_inputs.append((condition.detach().clone(), timesteps.clone()))
+        return original_loss(condition, noisy, timesteps, target)
+
+    monkeypatch.setattr(loss_fn, "_per_image_loss", spy)
+    torch.manual_seed(0)
+    loss = loss_fn(condition, targets)
+    assert encodes == [2]  # each target is encoded once
+    (seen_condition, timesteps), = unet_inputs
+    assert seen_condition.shape[0] == 2 * draws and timesteps.shape == (2 * draws,)
+    assert torch.equal(seen_condition[:draws], condition[:1].detach().expand(draws, -1, -1))
+    assert torch.equal(seen_condition[draws:], condition[1:].detach().expand(draws, -1, -1))
+    loss.backward()
+    assert condition.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="noise_samples_per_image must be >= 1, got 0"):
+        DreamLLMDiffusionLoss.from_pretrained(tiny_folder, noise_samples_per_image=0)

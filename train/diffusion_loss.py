@@ -47,6 +47,9 @@ class DreamLLMDiffusionLoss(nn.Module):
         max_unet_batch: at most this many images per UNet/VAE call. Larger batches run in chunks, each under
             activation checkpointing, so one document with many images holds the activations of one chunk only.
         noise_offset: offset-noise strength (0: off, as the official configs).
+        noise_samples_per_image: noise draws (each with its own timestep) per condition, averaged (1: official).
+            Each image's latents are encoded once and its condition computed once, so K draws cost K UNet passes
+            but no LLM work: a lower-variance gradient for the condition where the LLM dominates the step's cost.
 
     Example:
 
@@ -64,11 +67,14 @@ class DreamLLMDiffusionLoss(nn.Module):
         snr_gamma: float | None = None,
         max_unet_batch: int | None = None,
         noise_offset: float = 0.0,
+        noise_samples_per_image: int = 1,
     ):
         super().__init__()
         prediction_type = scheduler.config.prediction_type
         if prediction_type not in SUPPORTED_PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected {SUPPORTED_PREDICTION_TYPES}")
+        if noise_samples_per_image < 1:
+            raise ValueError(f"noise_samples_per_image must be >= 1, got {noise_samples_per_image}")
         if max_unet_batch is not None and max_unet_batch < 1:
             raise ValueError(f"max_unet_batch must be >= 1, got {max_unet_batch}")
         self.unet = unet.requires_grad_(False).eval()
@@ -78,6 +84,7 @@ class DreamLLMDiffusionLoss(nn.Module):
         self.snr_gamma = snr_gamma
         self.max_unet_batch = max_unet_batch
         self.noise_offset = noise_offset
+        self.noise_samples_per_image = noise_samples_per_image
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         # Moves with `.to(device)`; read by index on the device, so drawing timesteps never syncs with the host.
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
@@ -180,19 +187,23 @@ class DreamLLMDiffusionLoss(nn.Module):
         # Every random draw comes first, in a fixed order, from the global generator: the values do not depend on
         # chunking or module internals, and a resumed run (which restores the generator) draws the same ones.
         shape = self.latent_shape(target_pixel_values)
-        num_images = shape[0]
+        draws = self.noise_samples_per_image
+        num_images = shape[0] * draws  # UNet inputs: each image's K draws are adjacent
         sample_noise = torch.randn(shape, device=self.device)
-        noise = torch.randn(shape, device=self.device)
+        noise = torch.randn((num_images, *shape[1:]), device=self.device)
         if self.noise_offset:
             noise = noise + self.noise_offset * torch.randn(num_images, shape[1], 1, 1, device=self.device)
         timesteps = torch.randint(0, self.num_train_timesteps, (num_images,), device=self.device)
         dropped = torch.rand(num_images, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
         latents = self.encode_latents(target_pixel_values, sample_noise)
+        condition = condition_embeds.to(self.device)
+        if draws > 1:
+            latents = latents.repeat_interleave(draws, dim=0)
+            condition = condition.repeat_interleave(draws, dim=0)
         alphas = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alphas.sqrt() * latents + (1.0 - alphas).sqrt() * noise
         target = noise if self.prediction_type == "epsilon" else alphas.sqrt() * noise - (1.0 - alphas).sqrt() * latents
 
-        condition = condition_embeds.to(self.device)
         if condition_drop_prob > 0:
             if null_condition is None:
                 raise ValueError("condition_drop_prob > 0 needs the null condition (model.get_null_condition())")

@@ -112,6 +112,9 @@ class DreamLLMArguments:
     snr_gamma: float | None = field(default=None, metadata={"help": "Min-SNR-gamma weighting (default: off)"})
     max_unet_batch: int | None = field(default=None, metadata={"help": "images per UNet call; more run in chunks"})
     noise_offset: float = field(default=0.0, metadata={"help": "offset noise for the diffusion loss"})
+    noise_samples_per_image: int = field(
+        default=1, metadata={"help": "noise draws per created image in the diffusion loss (1: official)"}
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model (0: full fine-tuning)"})
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 * lora_r"})
     lora_dropout: float = field(default=0.05)
@@ -238,6 +241,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
             snr_gamma=script_args.snr_gamma,
             max_unet_batch=script_args.max_unet_batch,
             noise_offset=script_args.noise_offset,
+            noise_samples_per_image=script_args.noise_samples_per_image,
         )
     train_dataset = build_train_dataset(
         script_args.data,

@@ -27,6 +27,9 @@ class ToyScores:
     understanding: dict[str, float] = field(default_factory=dict)
     interleaved: dict[str, float] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {"text_to_image": self.text_to_image, "understanding": self.understanding, "interleaved": self.interleaved}
+
     def table(self) -> str:
         rows = [("text-to-image", k, v) for k, v in self.text_to_image.items()]
         rows += [("understanding", k, v) for k, v in self.understanding.items()]
@@ -65,7 +68,7 @@ def understanding(model, processor, num_questions: int = 150, seed: int = HELD_O
         qa = sample_qa(rng, scene, kind=ATTRIBUTES[index % len(ATTRIBUTES)])
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa.question}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=prompt, images=[render(scene)])
+        inputs = processor(text=prompt, images=[render(scene)]).to(model.device)
         output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
         words = answer.strip().strip(".").lower().split()

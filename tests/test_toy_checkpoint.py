@@ -1,0 +1,71 @@
+"""The committed shapes-world DreamLLM (`checkpoints/toy`): it loads through every public entry point, stays small,
+and does what its model card says on pictures and captions it never saw."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train.toy.judge import score_scene
+from train.toy.world import ATTRIBUTES, caption, render, sample_qa, sample_scene
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
+pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="checkpoints/toy is not built")
+SEED = 123_456  # neither training (< 10_000) nor `train.toy.evaluate` (10_000..10_002) uses it
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from pipeline_dreamllm import DreamLLMPipeline
+
+    pipe = DreamLLMPipeline.from_pretrained(CHECKPOINT)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_folder_is_complete_and_small():
+    total = sum(path.stat().st_size for path in CHECKPOINT.rglob("*") if path.is_file())
+    assert total <= 40 * 2**20
+    for name in ("config.json", "model.safetensors", "model_index.json", "README.md", "tokenizer.json",
+                 "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"):
+        assert (CHECKPOINT / name).exists(), name
+
+
+def test_loads_through_the_auto_classes():
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(CHECKPOINT, trust_remote_code=True)
+    assert type(model).__name__ == "DreamLLMForCausalLM"
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert processor.tokenizer.convert_tokens_to_ids("<dream>") == model.config.dream_token_id
+
+
+@torch.no_grad()
+def test_answers_questions_about_unseen_pictures(pipe):
+    model, processor = pipe.llm, pipe.processor
+    rng = np.random.default_rng(SEED)
+    correct = []
+    for index in range(24):
+        scene = sample_scene(rng)
+        qa = sample_qa(rng, scene, kind=ATTRIBUTES[index % 3])
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa.question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=prompt, images=[render(scene)])
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        correct.append(answer.split()[:1] == [qa.answer])
+    assert np.mean(correct) >= MIN_UNDERSTANDING
+
+
+@torch.no_grad()
+def test_draws_what_single_shape_captions_say(pipe):
+    rng = np.random.default_rng(SEED + 1)
+    scenes = [sample_scene(rng, 1) for _ in range(8)]
+    images = pipe([caption(s) for s in scenes], num_inference_steps=25, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert all(image.size == (64, 64) for image in images)
+    hits = [score_scene(image, scene) for image, scene in zip(images, scenes)]
+    assert np.mean([h["position"] for h in hits]) >= MIN_SINGLE_POSITION
+    assert np.mean([h["color"] for h in hits]) >= MIN_SINGLE_COLOR

@@ -1,0 +1,88 @@
+"""`python -m train.toy` end to end at a tiny scale (stage 0, files, assemble, three stages, evaluation, model card)
+and the synergy variants next to it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from train.toy.recipe import PLANS, STAGE_ORDER
+from train.toy.synergy import VARIANTS, synergy_table, variant_plans
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    from train.toy.__main__ import main
+
+    output = tmp_path_factory.mktemp("toy") / "run"
+    main(["--output", str(output), "--scale", "0.01"])
+    return output
+
+
+def test_run_writes_a_loadable_model_with_its_card_and_logs(toy_run):
+    from pipeline_dreamllm import DreamLLMPipeline
+
+    final = toy_run / "sft"
+    pipe = DreamLLMPipeline.from_pretrained(final)
+    assert pipe.llm.config.num_dream_queries == 16
+    assert pipe.unet.config.sample_size == 16  # the world's own decoder, 64 px pictures
+    logs = json.loads((toy_run / "losses.json").read_text())
+    assert list(logs["losses"]) == list(STAGE_ORDER)
+    for stage in STAGE_ORDER:
+        assert any("diffusion_loss" in row for row in logs["losses"][stage]), stage
+    assert (toy_run / "losses.png").read_bytes()[:4] == b"\x89PNG"
+    scores = json.loads((toy_run / "scores.json").read_text())
+    assert set(scores) == {"text_to_image", "understanding", "interleaved"}
+    assert all(0.0 <= scores["understanding"][k] <= 1.0 for k in ("color", "shape", "position", "all"))
+    card = (final / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert (toy_run / "scores.txt").read_text().strip() in card
+    assert "| igpt | + the LLM |" in card
+
+
+def test_synergy_variants_keep_the_budget_and_split_the_data():
+    joint, comprehension, creation = (variant_plans(v) for v in VARIANTS)
+    assert joint == PLANS
+    for plans in (comprehension, creation):
+        assert {s: (p.steps, p.learning_rate) for s, p in plans.items()} == {
+            s: (p.steps, p.learning_rate) for s, p in PLANS.items()
+        }
+    assert all(p.creation_prob == 0.0 for p in comprehension.values())
+    assert all(p.creation_prob == 1.0 for p in creation.values())
+    used = lambda plans: {key.partition(":")[0] for plan in plans.values() for key in plan.data}  # noqa: E731
+    assert used(comprehension) == {"pairs", "qa"}
+    assert used(creation) == {"pairs", "stories", "instructions"}
+    with pytest.raises(ValueError, match="unknown synergy variant 'both'"):
+        variant_plans("both")
+
+
+def test_synergy_table_has_one_column_per_variant():
+    def scores(value):
+        return {
+            "text_to_image": {"color": value, "shape": value, "position": value},
+            "understanding": {"color": value, "shape": value, "position": value, "all": value},
+        }
+
+    table = synergy_table({"joint": scores(0.9), "creation-only": scores(0.5)})
+    lines = table.splitlines()
+    assert lines[0] == "| metric | joint | creation-only |"
+    assert lines[2] == "| text-to-image color | 90.0% | 50.0% |"
+    assert len(lines) == 2 + 7
+
+
+def test_synergy_runs_next_to_a_main_run(toy_run):
+    from train.toy.synergy import run_synergy
+
+    table = run_synergy(toy_run, scale=0.01)
+    assert table.splitlines()[0] == "| metric | joint | comprehension-only | creation-only |"
+    assert (toy_run / "synergy.md").read_text().strip() == table
+    for variant in ("comprehension-only", "creation-only"):
+        folder = toy_run / "synergy" / variant
+        assert json.loads((folder / "scores.json").read_text())["understanding"]["n"] > 0
+        assert (folder / "sft" / "config.json").exists()
+    diffusion = {}
+    for variant in ("comprehension-only", "creation-only"):
+        losses = json.loads((toy_run / "synergy" / variant / "losses.json").read_text())["losses"]
+        diffusion[variant] = [row["diffusion_loss"] for rows in losses.values() for row in rows if "diffusion_loss" in row]
+    assert diffusion["comprehension-only"] and max(diffusion["comprehension-only"]) == 0.0  # nothing is created
+    assert min(diffusion["creation-only"]) > 0.0

@@ -1,0 +1,149 @@
+"""The toy run's recipe: the DreamLLM stage plans and the steps of `python -m train.toy` (stage 0, the world's
+files, `train.assemble`, the three stages through `python -m train`'s code, the held-out evaluation).
+
+    from train.toy.recipe import run
+    final_folder = run(Path("runs/toy"), seed=0, scale=1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+STAGE_ORDER = ("alignment", "igpt", "sft")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Steps (at scale 1), learning rate and data of one DreamLLM stage of the toy run."""
+
+    steps: int
+    learning_rate: float
+    data: tuple[str, ...]  # keys of `write_world_data`'s result, optionally ':weight'
+    creation_prob: float = 0.5  # share of image-text pairs used for creation
+
+
+# The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
+# trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
+# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats.
+PLANS = {
+    "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
+    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
+    "sft": StagePlan(steps=600, learning_rate=3e-4, data=("qa", "instructions", "stories:0.5", "pairs:0.5")),
+}
+BATCH_SIZE = 8
+NUM_DREAM_QUERIES = 16
+SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
+# Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
+# one draw is mostly noise; averaging four is what lets the LLM learn to steer the decoder within the budget.
+NOISE_SAMPLES_PER_IMAGE = 4
+
+
+def _data_arguments(files: dict[str, Path], keys: tuple[str, ...]) -> list[str]:
+    arguments = []
+    for key in keys:
+        name, _, weight = key.partition(":")
+        arguments += ["--data", f"{files[name]}:{weight}" if weight else str(files[name])]
+    return arguments
+
+
+def run_stage(
+    stage: str, model: Path, output: Path, files: dict, scale: float, seed: int, plan: StagePlan | None = None
+) -> list[dict]:
+    """One DreamLLM stage through `python -m train`'s own code; returns its log history."""
+    from train.stages import main as train_stage
+
+    plan = plan or PLANS[stage]
+    argv = [
+        "--stage", stage, "--model_name_or_path", str(model), "--output_dir", str(output),
+        "--max_steps", str(max(2, round(plan.steps * scale))), "--learning_rate", str(plan.learning_rate),
+        "--per_device_train_batch_size", str(BATCH_SIZE), "--logging_steps", "5", "--save_strategy", "no",
+        "--seed", str(seed), "--dataloader_num_workers", "0", "--warmup_steps", "0.05",
+        "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
+        "--snr_gamma", str(SNR_GAMMA), "--noise_samples_per_image", str(NOISE_SAMPLES_PER_IMAGE),
+        *_data_arguments(files, plan.data),
+    ]
+    return train_stage(argv).state.log_history
+
+
+def train_dreamllm(
+    model: Path, output: Path, files: dict, scale: float, seed: int, plans: dict[str, StagePlan] = PLANS
+) -> tuple[Path, dict, dict]:
+    """The three stages in order from the assembled folder `model`; returns (final folder, losses, seconds)."""
+    losses, seconds = {}, {}
+    for stage in STAGE_ORDER:
+        begin = time.time()
+        print(f"[toy] DreamLLM stage {stage} -> {output / stage}", flush=True)
+        losses[stage] = run_stage(stage, model, output / stage, files, scale, seed, plans[stage])
+        model = output / stage
+        seconds[stage] = round(time.time() - begin, 1)
+    return model, losses, seconds
+
+
+def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
+    from train.toy.data import write_world_data
+
+    counts = dict(num_pairs=2000, num_stories=600, num_qa=2000, num_instructions=600)
+    sizes = {k: max(16, round(v * min(1.0, scale * 4))) for k, v in counts.items()}
+    return write_world_data(output / "data", seed=seed, **sizes)
+
+
+def plot_losses(losses: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3), squeeze=False)
+    for axis, (stage, history) in zip(axes[0], losses.items()):
+        for key in ("lm_loss", "diffusion_loss", "loss"):
+            points = [(row["step"], row[key]) for row in history if key in row]
+            if points:
+                axis.plot(*zip(*points), label=key)
+        axis.set_title(stage)
+        axis.set_xlabel("step")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def run(output: Path, seed: int = 0, scale: float = 1.0, stage0: Path | None = None) -> Path:
+    from train.assemble import assemble
+    from train.toy import stage0 as stage0_module
+    from train.toy.evaluate import evaluate
+    from train.toy.model_card import write_model_card
+
+    output.mkdir(parents=True, exist_ok=True)
+    timings, started = {}, time.time()
+    if stage0 is None:
+        stage0 = output / "stage0"
+        print(f"[toy] stage 0: the world's CLIP, Stable Diffusion and LM -> {stage0}", flush=True)
+        stage0_module.run(stage0, seed=seed, steps_scale=scale)
+        timings["stage0"] = round(time.time() - started, 1)
+    print("[toy] writing the world's training files", flush=True)
+    files = write_world_files(output, seed, scale)
+
+    model = output / "assembled"
+    if not model.exists():
+        torch.manual_seed(seed)
+        assemble(stage0 / "lm", stage0 / "clip", stage0 / "diffusion", model, num_dream_queries=NUM_DREAM_QUERIES)
+    model, losses, seconds = train_dreamllm(model, output, files, scale, seed)
+    timings.update(seconds)
+    (output / "losses.json").write_text(json.dumps({"losses": losses, "seconds": timings}, indent=1))
+    plot_losses(losses, output / "losses.png")
+    print("[toy] evaluating", flush=True)
+    evaluation_started = time.time()
+    scores = evaluate(model, quick=scale < 0.5)
+    timings["evaluation"] = round(time.time() - evaluation_started, 1)
+    (output / "scores.txt").write_text(scores.table() + "\n")
+    (output / "scores.json").write_text(json.dumps(scores.as_dict(), indent=1))
+    stage0_log = stage0 / "stage0_log.json"
+    write_model_card(model, scores.table(), timings, seed, scale,
+                     json.loads(stage0_log.read_text()) if stage0_log.exists() else None)
+    print(scores.table())
+    print(f"[toy] done in {time.time() - started:.0f} s; the final model is {model}")
+    return model
