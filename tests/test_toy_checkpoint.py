@@ -13,6 +13,10 @@ from train.toy.world import ATTRIBUTES, caption, render, sample_qa, sample_scene
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
 pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="checkpoints/toy is not built")
 SEED = 123_456  # neither training (< 10_000) nor `train.toy.evaluate` (10_000..10_002) uses it
+# Floors well above chance (answers ~23%, colour 17%, position 20%) and below what the committed weights score on
+# these exact samples (answers 71%, colour 69%, position 44%): a broken load path or a retrained checkpoint that
+# learned less fails here; see the model card for the full held-out table.
+MIN_UNDERSTANDING, MIN_SINGLE_COLOR, MIN_SINGLE_POSITION = 0.5, 0.5, 0.3
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,7 @@ def test_answers_questions_about_unseen_pictures(pipe):
 @torch.no_grad()
 def test_draws_what_single_shape_captions_say(pipe):
     rng = np.random.default_rng(SEED + 1)
-    scenes = [sample_scene(rng, 1) for _ in range(8)]
+    scenes = [sample_scene(rng, 1) for _ in range(16)]
     images = pipe([caption(s) for s in scenes], num_inference_steps=25, guidance_scale=3.0,
                   generator=torch.Generator().manual_seed(0)).images
     assert all(image.size == (64, 64) for image in images)

@@ -93,20 +93,23 @@ def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
 
 
 def plot_losses(losses: dict[str, list[dict]], path: Path) -> None:
+    """One column per stage; the LM and diffusion losses in separate rows (their scales differ ~50x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3), squeeze=False)
-    for axis, (stage, history) in zip(axes[0], losses.items()):
-        for key in ("lm_loss", "diffusion_loss", "loss"):
-            points = [(row["step"], row[key]) for row in history if key in row]
+    keys = ("lm_loss", "diffusion_loss")
+    figure, axes = plt.subplots(len(keys), len(losses), figsize=(4 * len(losses), 5), squeeze=False, sharex="col")
+    for column, (stage, history) in enumerate(losses.items()):
+        for row, key in enumerate(keys):
+            points = [(entry["step"], entry[key]) for entry in history if key in entry]
+            axis = axes[row][column]
             if points:
-                axis.plot(*zip(*points), label=key)
-        axis.set_title(stage)
-        axis.set_xlabel("step")
-        axis.legend()
+                axis.plot(*zip(*points), color=f"C{row}")
+            axis.set_ylabel(key if column == 0 else "")
+            axis.set_title(stage if row == 0 else "")
+        axes[-1][column].set_xlabel("step")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
