@@ -44,13 +44,14 @@ story.segments                                           # sentences (str) and t
 ```
 
 ```python
+from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 model = AutoModelForCausalLM.from_pretrained("checkpoints/toy", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("checkpoints/toy", trust_remote_code=True)
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What color is the shape?"}}]}}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-inputs = processor(text=prompt, images=[picture])
+inputs = processor(text=prompt, images=[Image.open("shapes.png")])  # a 64x64 picture of the world
 print(processor.batch_decode(model.generate(**inputs, max_new_tokens=4)[:, inputs["input_ids"].shape[1]:],
                              skip_special_tokens=True))
 ```
