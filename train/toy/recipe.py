@@ -85,6 +85,7 @@ def train_dreamllm(
 
 
 def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
+    """The world's training files under `output/data` (smaller below scale 0.25, for smoke runs)."""
     from train.toy.data import write_world_data
 
     counts = dict(num_pairs=2000, num_stories=600, num_qa=2000, num_instructions=600)
