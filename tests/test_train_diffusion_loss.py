@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.diffusion_loss import DreamLLMDiffusionLoss, min_snr_weights
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def test_noising_matches_the_scheduler_and_targets_follow_prediction_type(tiny_f
     v_loss = DreamLLMDiffusionLoss(loss_fn.unet, loss_fn.vae, v_scheduler, snr_gamma=5.0)
     condition, targets = _inputs(loss_fn)
     assert torch.isfinite(v_loss(condition, targets))
-    weights = v_loss._snr_weights(loss_fn.alphas_cumprod)
+    weights = min_snr_weights(loss_fn.alphas_cumprod, v_loss.snr_gamma, v_loss.prediction_type)
     assert bool((weights > 0).all() and (weights <= 1).all())
 
 

@@ -32,6 +32,14 @@ def graph_connected_zero(anchors: Iterable[torch.Tensor], device: torch.device |
     return zero
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) at noise levels `alphas_cumprod`: min(SNR, gamma) / SNR for
+    epsilon targets, min(SNR, gamma) / (SNR + 1) for v targets."""
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
+
+
 class DreamLLMDiffusionLoss(nn.Module):
     """Noise-prediction loss of a frozen latent-diffusion decoder conditioned on DreamLLM's `condition_embeds`.
 
@@ -151,11 +159,6 @@ class DreamLLMDiffusionLoss(nn.Module):
         prediction = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=condition.to(unet_dtype)).sample
         return F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
 
-    def _snr_weights(self, alphas: torch.Tensor) -> torch.Tensor:
-        snr = alphas / (1.0 - alphas)
-        clipped = snr.clamp(max=self.snr_gamma)
-        return clipped / (snr + 1.0) if self.prediction_type == "v_prediction" else clipped / snr
-
     # --------------------------------------------------------------------------------------------------- loss
     def forward(
         self,
@@ -188,13 +191,13 @@ class DreamLLMDiffusionLoss(nn.Module):
         # chunking or module internals, and a resumed run (which restores the generator) draws the same ones.
         shape = self.latent_shape(target_pixel_values)
         draws = self.noise_samples_per_image
-        num_images = shape[0] * draws  # UNet inputs: each image's K draws are adjacent
+        num_inputs = shape[0] * draws  # UNet inputs: each image's K draws are adjacent
         sample_noise = torch.randn(shape, device=self.device)
-        noise = torch.randn((num_images, *shape[1:]), device=self.device)
+        noise = torch.randn((num_inputs, *shape[1:]), device=self.device)
         if self.noise_offset:
-            noise = noise + self.noise_offset * torch.randn(num_images, shape[1], 1, 1, device=self.device)
-        timesteps = torch.randint(0, self.num_train_timesteps, (num_images,), device=self.device)
-        dropped = torch.rand(num_images, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
+            noise = noise + self.noise_offset * torch.randn(num_inputs, shape[1], 1, 1, device=self.device)
+        timesteps = torch.randint(0, self.num_train_timesteps, (num_inputs,), device=self.device)
+        dropped = torch.rand(num_inputs, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
         latents = self.encode_latents(target_pixel_values, sample_noise)
         condition = condition_embeds.to(self.device)
         if draws > 1:
@@ -210,14 +213,14 @@ class DreamLLMDiffusionLoss(nn.Module):
             null = null_condition.to(device=self.device, dtype=condition.dtype).expand_as(condition)
             condition = torch.where(dropped[:, None, None], null, condition)
 
-        chunk = self.max_unet_batch or num_images
-        if chunk >= num_images:
+        chunk = self.max_unet_batch or num_inputs
+        if chunk >= num_inputs:
             per_image = self._per_image_loss(condition, noisy, timesteps, target)
         else:
             # The noise and timesteps were drawn above, so recomputing a chunk in the backward pass is exact.
             recompute = torch.is_grad_enabled()
             pieces = []
-            for start in range(0, num_images, chunk):
+            for start in range(0, num_inputs, chunk):
                 args = [x[start : start + chunk] for x in (condition, noisy, timesteps, target)]
                 if recompute:
                     pieces.append(checkpoint(self._per_image_loss, *args, use_reentrant=False))
@@ -225,8 +228,8 @@ class DreamLLMDiffusionLoss(nn.Module):
                     pieces.append(self._per_image_loss(*args))
             per_image = torch.cat(pieces)
         if self.snr_gamma is not None:
-            per_image = per_image * self._snr_weights(alphas.view(-1))
+            per_image = per_image * min_snr_weights(alphas.view(-1), self.snr_gamma, self.prediction_type)
         return per_image.mean()
 
 
-__all__ = ["DreamLLMDiffusionLoss", "graph_connected_zero"]
+__all__ = ["DreamLLMDiffusionLoss", "graph_connected_zero", "min_snr_weights"]

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+from train.diffusion_loss import min_snr_weights
+
 from .judge import judge, score_caption
 from .stage0_common import EMA, clip_input_ids, progress, render_batch, scaled, scaled_batch, smooth, warmup_cosine
 from .world import as_rng, caption, sample_scene
@@ -202,10 +204,9 @@ def train_unet(
     unet = build_unet(text_encoder.config.hidden_size, latents.shape[-1]).train()
     ema = EMA(unet, UNET_EMA)
     scheduler = build_scheduler()
-    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
-    # Min-SNR-gamma weights (Hang et al., 2023): nearly clean steps, whose epsilon loss is all fine detail, count
-    # less; colour, shape and layout are decided at the noisier steps and converge several times faster.
-    min_snr_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr
+    # Min-SNR-gamma weights: nearly clean steps, whose epsilon loss is all fine detail, count less; colour, shape and
+    # layout are decided at the noisier steps and converge several times faster.
+    min_snr_weight = min_snr_weights(scheduler.alphas_cumprod, MIN_SNR_GAMMA)
     generator = torch.Generator().manual_seed(seed + 41)
     steps, batch = scaled(UNET_STEPS, steps_scale), scaled_batch(UNET_BATCH, steps_scale)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=UNET_LR, weight_decay=0.0)
