@@ -44,24 +44,32 @@ def _mmc4_record(story: list, images: _ImageStore) -> dict:
     return {"text_list": text_list, "image_info": image_info}
 
 
+def world_data_paths(root: str | Path) -> dict[str, Path]:
+    """Where `write_world_data(root, ...)` puts each kind of file."""
+    root = Path(root)
+    names = {"pairs": "pairs", "stories": "stories.jsonl", "qa": "qa.json", "instructions": "instructions.jsonl"}
+    return {kind: root / name for kind, name in names.items()}
+
+
 def write_world_data(
     root: str | Path, seed: int = 0, num_pairs: int = 2000, num_stories: int = 600, num_qa: int = 2000,
     num_instructions: int = 600,
 ) -> dict[str, Path]:
     """Write every file under `root` (deterministic in `seed`); returns the paths by kind."""
     root = Path(root)
+    paths = world_data_paths(root)
     rng = np.random.default_rng(seed)
     images = _ImageStore(root)
 
-    pairs = root / "pairs"
+    pairs = paths["pairs"]
     pairs.mkdir(parents=True, exist_ok=True)
     for index in range(num_pairs):
         scene = sample_scene(rng)
         render(scene).save(pairs / f"{index:06d}.png")
         (pairs / f"{index:06d}.txt").write_text(caption(scene))
 
-    stories = root / "stories.jsonl"
-    stories.write_text("".join(json.dumps(_mmc4_record(sample_story(rng), images)) + "\n" for _ in range(num_stories)))
+    records = [_mmc4_record(sample_story(rng), images) for _ in range(num_stories)]
+    paths["stories"].write_text("".join(json.dumps(record) + "\n" for record in records))
 
     conversations = []
     for _ in range(num_qa):
@@ -71,8 +79,7 @@ def write_world_data(
             "image": f"images/{images.add(scene)}",
             "conversations": [{"from": "human", "value": f"<image>\n{qa.question}"}, {"from": "gpt", "value": qa.answer}],
         })
-    qa_file = root / "qa.json"
-    qa_file.write_text(json.dumps(conversations))
+    paths["qa"].write_text(json.dumps(conversations))
 
     lines = []
     for _ in range(num_instructions):
@@ -81,6 +88,5 @@ def write_world_data(
             lines.append({"instruction": instruction.text, "image": f"images/{images.add(instruction.target)}"})
         else:
             lines.append({"instruction": instruction.text, **_mmc4_record(instruction.target, images)})
-    instructions = root / "instructions.jsonl"
-    instructions.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return {"pairs": pairs, "stories": stories, "qa": qa_file, "instructions": instructions}
+    paths["instructions"].write_text("".join(json.dumps(line) + "\n" for line in lines))  # last: marks completion
+    return paths

@@ -17,7 +17,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from train.toy.recipe import PLANS, STAGE_ORDER, StagePlan, train_dreamllm, write_world_files
+from train.toy.data import world_data_paths
+from train.toy.recipe import PLANS, STAGE_ORDER, StagePlan, train_dreamllm
 
 COMPREHENSION_SOURCES = ("pairs", "qa")
 CREATION_SOURCES = ("pairs", "stories", "instructions")
@@ -58,10 +59,10 @@ def run_synergy(run: Path, seed: int = 0, scale: float = 1.0, variants: tuple[st
     """Train the missing variants next to a main run's folders, evaluate them, write and return the table."""
     from train.toy.evaluate import evaluate
 
-    assembled = run / "assembled"
-    if not assembled.exists():
-        raise FileNotFoundError(f"{assembled} is missing: run `python -m train.toy --output {run}` first")
-    files = write_world_files(run, seed, scale)
+    assembled, files = run / "assembled", world_data_paths(run / "data")  # the main run's, reused as they are
+    missing = [str(path) for path in (assembled, *files.values()) if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} missing: run `python -m train.toy --output {run}` first")
     scores = {}
     for variant in variants:
         folder = run if variant == "joint" else run / "synergy" / variant
