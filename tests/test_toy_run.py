@@ -38,6 +38,7 @@ def test_run_writes_a_loadable_model_with_its_card_and_logs(toy_run):
     assert card.startswith("---\nlibrary_name: transformers")
     assert (toy_run / "scores.txt").read_text().strip() in card
     assert "| igpt | + the LLM |" in card
+    assert not list(toy_run.glob("*/training_args.bin"))  # no pickles in folders meant for publishing
 
 
 def test_synergy_variants_keep_the_budget_and_split_the_data():

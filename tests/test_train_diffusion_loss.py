@@ -134,3 +134,20 @@ def test_several_noise_draws_per_image_share_one_condition_and_one_encode(tiny_f
     assert condition.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="noise_samples_per_image must be >= 1, got 0"):
         DreamLLMDiffusionLoss.from_pretrained(tiny_folder, noise_samples_per_image=0)
+
+
+def test_min_timestep_limits_the_drawn_timesteps(tiny_folder, monkeypatch):
+    loss_fn = DreamLLMDiffusionLoss.from_pretrained(tiny_folder, min_timestep=900, noise_samples_per_image=16)
+    condition, targets = _inputs(loss_fn, num_images=2)
+    seen = []
+    original_loss = loss_fn._per_image_loss
+    monkeypatch.setattr(loss_fn, "_per_image_loss", lambda c, x, t, y: seen.append(t.clone()) or original_loss(c, x, t, y))
+    loss_fn(condition, targets).backward()
+    (timesteps,) = seen
+    assert timesteps.min() >= 900 and timesteps.max() < loss_fn.num_train_timesteps
+    assert len(timesteps.unique()) > 1  # still drawn, not pinned
+    assert condition.grad.abs().sum() > 0
+    total = loss_fn.num_train_timesteps
+    for bad in (-1, total):
+        with pytest.raises(ValueError, match=rf"min_timestep must be in \[0, {total}\), got {bad}"):
+            DreamLLMDiffusionLoss.from_pretrained(tiny_folder, min_timestep=bad)

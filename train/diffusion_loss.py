@@ -58,6 +58,9 @@ class DreamLLMDiffusionLoss(nn.Module):
         noise_samples_per_image: noise draws (each with its own timestep) per condition, averaged (1: official).
             Each image's latents are encoded once and its condition computed once, so K draws cost K UNet passes
             but no LLM work: a lower-variance gradient for the condition where the LLM dominates the step's cost.
+        min_timestep: timesteps are drawn uniformly from `[min_timestep, num_train_timesteps)` (0: official).
+            Layout is decided at the noisiest steps: only there does the noise-prediction loss depend on where the
+            condition puts an object, so skipping the near-clean steps concentrates the condition's gradient.
 
     Example:
 
@@ -76,6 +79,7 @@ class DreamLLMDiffusionLoss(nn.Module):
         max_unet_batch: int | None = None,
         noise_offset: float = 0.0,
         noise_samples_per_image: int = 1,
+        min_timestep: int = 0,
     ):
         super().__init__()
         prediction_type = scheduler.config.prediction_type
@@ -83,6 +87,9 @@ class DreamLLMDiffusionLoss(nn.Module):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected {SUPPORTED_PREDICTION_TYPES}")
         if noise_samples_per_image < 1:
             raise ValueError(f"noise_samples_per_image must be >= 1, got {noise_samples_per_image}")
+        num_train_timesteps = scheduler.config.num_train_timesteps
+        if not 0 <= min_timestep < num_train_timesteps:
+            raise ValueError(f"min_timestep must be in [0, {num_train_timesteps}), got {min_timestep}")
         if max_unet_batch is not None and max_unet_batch < 1:
             raise ValueError(f"max_unet_batch must be >= 1, got {max_unet_batch}")
         self.unet = unet.requires_grad_(False).eval()
@@ -93,7 +100,8 @@ class DreamLLMDiffusionLoss(nn.Module):
         self.max_unet_batch = max_unet_batch
         self.noise_offset = noise_offset
         self.noise_samples_per_image = noise_samples_per_image
-        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        self.num_train_timesteps = num_train_timesteps
+        self.min_timestep = min_timestep
         # Moves with `.to(device)`; read by index on the device, so drawing timesteps never syncs with the host.
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
 
@@ -196,7 +204,7 @@ class DreamLLMDiffusionLoss(nn.Module):
         noise = torch.randn((num_inputs, *shape[1:]), device=self.device)
         if self.noise_offset:
             noise = noise + self.noise_offset * torch.randn(num_inputs, shape[1], 1, 1, device=self.device)
-        timesteps = torch.randint(0, self.num_train_timesteps, (num_inputs,), device=self.device)
+        timesteps = torch.randint(self.min_timestep, self.num_train_timesteps, (num_inputs,), device=self.device)
         dropped = torch.rand(num_inputs, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
         latents = self.encode_latents(target_pixel_values, sample_noise)
         condition = condition_embeds.to(self.device)

@@ -115,6 +115,7 @@ class DreamLLMArguments:
     noise_samples_per_image: int = field(
         default=1, metadata={"help": "noise draws per created image in the diffusion loss (1: official)"}
     )
+    min_timestep: int = field(default=0, metadata={"help": "diffusion-loss timesteps from [this, T) (0: official)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model (0: full fine-tuning)"})
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 * lora_r"})
     lora_dropout: float = field(default=0.05)
@@ -242,6 +243,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
             max_unet_batch=script_args.max_unet_batch,
             noise_offset=script_args.noise_offset,
             noise_samples_per_image=script_args.noise_samples_per_image,
+            min_timestep=script_args.min_timestep,
         )
     train_dataset = build_train_dataset(
         script_args.data,

@@ -41,6 +41,7 @@ SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, w
 # Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
 # one draw is mostly noise; averaging four is what lets the LLM learn to steer the decoder within the budget.
 NOISE_SAMPLES_PER_IMAGE = 4
+MIN_TIMESTEP = 700
 
 
 def _data_arguments(files: dict[str, Path], keys: tuple[str, ...]) -> list[str]:
@@ -65,6 +66,7 @@ def run_stage(
         "--seed", str(seed), "--dataloader_num_workers", "0", "--warmup_steps", "0.05",
         "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
         "--snr_gamma", str(SNR_GAMMA), "--noise_samples_per_image", str(NOISE_SAMPLES_PER_IMAGE),
+        "--min_timestep", str(MIN_TIMESTEP),
         *_data_arguments(files, plan.data),
     ]
     return train_stage(argv).state.log_history
@@ -80,6 +82,8 @@ def train_dreamllm(
         print(f"[toy] DreamLLM stage {stage} -> {output / stage}", flush=True)
         losses[stage] = run_stage(stage, model, output / stage, files, scale, seed, plans[stage])
         model = output / stage
+        # The Trainer's pickled arguments would travel with the published folder; the plan is in the model card.
+        (model / "training_args.bin").unlink(missing_ok=True)
         seconds[stage] = round(time.time() - begin, 1)
     return model, losses, seconds
 
