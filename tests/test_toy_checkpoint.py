@@ -13,10 +13,11 @@ from train.toy.world import ATTRIBUTES, caption, render, sample_qa, sample_scene
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
 pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="checkpoints/toy is not built")
 SEED = 123_456  # neither training (< 10_000) nor `train.toy.evaluate` (10_000..10_002) uses it
-# Floors well above chance (answers ~23%, colour 17%, position 20%) and below what the committed weights score on
-# these exact samples (answers 71%, colour 69%, position 44%): a broken load path or a retrained checkpoint that
-# learned less fails here; see the model card for the full held-out table.
-MIN_UNDERSTANDING, MIN_SINGLE_COLOR, MIN_SINGLE_POSITION = 0.5, 0.5, 0.3
+# Floors well above chance (answers ~23%, colour 17%, shape 33%, position 20%) and below what the committed weights score on
+# these exact samples (answers 50%; one-shape pictures: colour 94%, shape 94%, position 81%): a broken load path or a
+# retrained checkpoint that learned less fails here; see the model card for the full held-out table.
+MIN_UNDERSTANDING = 0.4
+MIN_SINGLE_SHAPE_DRAWN = {"color": 0.75, "shape": 0.7, "position": 0.6}
 
 
 @pytest.fixture(scope="module")
@@ -78,5 +79,5 @@ def test_draws_what_single_shape_captions_say(pipe):
                   generator=torch.Generator().manual_seed(0)).images
     assert all(image.size == (64, 64) for image in images)
     hits = [score_scene(image, scene) for image, scene in zip(images, scenes)]
-    assert np.mean([h["position"] for h in hits]) >= MIN_SINGLE_POSITION
-    assert np.mean([h["color"] for h in hits]) >= MIN_SINGLE_COLOR
+    for attribute, floor in MIN_SINGLE_SHAPE_DRAWN.items():
+        assert np.mean([h[attribute] for h in hits]) >= floor, attribute

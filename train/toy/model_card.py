@@ -80,8 +80,8 @@ Targets of the world: text-to-image colour >= 90%, shape >= 80%, position >= 80%
 {plan_rows}
 
 Batch size {batch_size}, {num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss with
-{noise_samples} noise draws per created image, lm/diffusion loss weights 1/1 (alignment) and 1/10 (I-GPT, SFT), as
-the paper.
+{noise_samples} noise draws per created image at timesteps drawn from [{min_timestep}, 1000) (where the loss depends
+on layout), lm/diffusion loss weights 1/1 (alignment) and 1/10 (I-GPT, SFT), as the paper.
 """
 
 TRAINED = {"alignment": "projectors, dream queries", "igpt": "+ the LLM", "sft": "+ the LLM"}
@@ -108,7 +108,9 @@ def write_model_card(
     stage0_log: dict | None = None,
 ) -> Path:
     """Write `folder/README.md` from the run's scores table, timings and (optionally) stage 0's log."""
-    from train.toy.recipe import BATCH_SIZE, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA
+    from train.toy.recipe import (
+        BATCH_SIZE, MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA,
+    )
 
     if stage0_log and "stage0" not in seconds:  # a reused stage 0: the time it took when it was trained
         seconds = {"stage0": stage0_log["seconds"]["total"], **seconds}
@@ -127,6 +129,7 @@ def write_model_card(
         num_dream_queries=NUM_DREAM_QUERIES,
         snr_gamma=f"{SNR_GAMMA:g}",
         noise_samples=NOISE_SAMPLES_PER_IMAGE,
+        min_timestep=MIN_TIMESTEP,
         decoder_line=_decoder_line(stage0_log),
     )
     path = folder / "README.md"

@@ -29,18 +29,21 @@ class StagePlan:
 
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
-# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats.
+# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats, with the
+# one-word answers weighted up (they carry one target token each, captions carry several).
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
-    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
-    "sft": StagePlan(steps=600, learning_rate=3e-4, data=("qa", "instructions", "stories:0.5", "pairs:0.5")),
+    "igpt": StagePlan(steps=1200, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
+    "sft": StagePlan(steps=900, learning_rate=3e-4, data=("qa:2", "instructions", "stories:0.5", "pairs:0.5")),
 }
-BATCH_SIZE = 8
+BATCH_SIZE = 12
 NUM_DREAM_QUERIES = 16
 SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
 # Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
 # one draw is mostly noise; averaging four is what lets the LLM learn to steer the decoder within the budget.
 NOISE_SAMPLES_PER_IMAGE = 4
+# The frozen decoder's noise-prediction loss changes with an object's position only at t >= ~600 (colour and shape
+# matter at every t): drawing creation timesteps from [700, 1000) alone raised position accuracy, and shape with it.
 MIN_TIMESTEP = 700
 
 
