@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from train.toy.recipe import PLANS, STAGE_ORDER
 from train.toy.synergy import VARIANTS, synergy_table, variant_plans
@@ -87,3 +88,24 @@ def test_synergy_runs_next_to_a_main_run(toy_run):
         diffusion[variant] = [row["diffusion_loss"] for rows in losses.values() for row in rows if "diffusion_loss" in row]
     assert diffusion["comprehension-only"] and max(diffusion["comprehension-only"]) == 0.0  # nothing is created
     assert min(diffusion["creation-only"]) > 0.0
+
+
+def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
+    from diffusers import StableDiffusionPipeline
+
+    from train.toy.probe import sensitivity_table, timestep_sensitivity
+
+    pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")
+    rows = timestep_sensitivity(pipeline, num_scenes=4, num_bands=2, draws=1)
+    assert [row["timesteps"] for row in rows] == [(0, 500), (500, 1000)]
+    assert all(row["loss"] > 0 and set(row) == {"timesteps", "loss", "color", "shape", "position"} for row in rows)
+    assert rows == timestep_sensitivity(pipeline, num_scenes=4, num_bands=2, draws=1)  # seeded
+    # The gaps are paired against the true caption: exactly zero where the decoder cannot see its condition.
+    def condition_blind_forward(sample, timestep, encoder_hidden_states):
+        return type(pipeline.unet).forward(pipeline.unet, sample, timestep, torch.zeros_like(encoder_hidden_states))
+
+    pipeline.unet.forward = condition_blind_forward
+    assert all(row[name] == 0 for row in timestep_sensitivity(pipeline, num_scenes=4, num_bands=2, draws=1)
+               for name in ("color", "shape", "position"))
+    lines = sensitivity_table(rows).splitlines()
+    assert lines[0].startswith("| timesteps |") and lines[2].startswith("| 0-499 |") and len(lines) == 4

@@ -1,10 +1,11 @@
 """The shapes world, end to end: stage 0 (the world's own CLIP, Stable Diffusion and LM), `train.assemble`, the three
 DreamLLM stages with the project's trainer, and a held-out evaluation.
 
-    python -m train.toy --output runs/toy                 # everything (about 50 minutes on 2 CPU cores)
+    python -m train.toy --output runs/toy                 # everything (under 50 minutes on 2 CPU cores)
     python -m train.toy --output runs/toy --scale 0.05    # a quick smoke run of the same code paths
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only
+    python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
 `DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt` and `DIR/scores.json`. Deterministic under `--seed`.
@@ -36,6 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         from train.toy.synergy import run_synergy
 
         print(run_synergy(args.run, args.seed, args.scale))
+        return
+    if argv[:1] == ["probe"]:
+        parser = argparse.ArgumentParser(prog="python -m train.toy probe", description="per timestep band, how much "
+                                         "the decoder's loss rises when one caption attribute is wrong")
+        parser.add_argument("diffusion", type=Path, help="a stage-0 Stable Diffusion folder (DIR/stage0/diffusion)")
+        args = parser.parse_args(argv[1:])
+        from diffusers import StableDiffusionPipeline
+
+        from train.toy.probe import sensitivity_table, timestep_sensitivity
+
+        print(sensitivity_table(timestep_sensitivity(StableDiffusionPipeline.from_pretrained(args.diffusion))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path)
