@@ -1,6 +1,6 @@
 """The model card (`README.md`) of a shapes-world DreamLLM, with its held-out scores and how it was trained.
 
-    write_model_card(Path("runs/toy/sft"), scores=scores.as_dict(), seconds={"stage0": 1500.0, "igpt": 600.0},
+    write_model_card(Path("runs/toy/sft"), scores.table(), seconds={"stage0": 1500.0, "igpt": 600.0},
                      seed=0, scale=1.0)
 """
 

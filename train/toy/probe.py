@@ -10,21 +10,20 @@ timestep band. Only where the gap is large can the diffusion loss teach DreamLLM
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from train.toy.stage0_common import images_to_tensor
+from train.toy.stage0_common import render_batch
 from train.toy.stage0_diffusion import encode_text
-from train.toy.world import ATTRIBUTES, COLORS, POSITIONS, SHAPES, Scene, caption, render, sample_scene
-
-CHOICES = {"color": tuple(COLORS), "shape": SHAPES, "position": tuple(POSITIONS)}
+from train.toy.world import ATTRIBUTES, Scene, caption, other_value, sample_scene
 
 
 def _changed(scene: Scene, attribute: str, rng: np.random.Generator) -> Scene:
     (shape,) = scene.shapes
-    others = [value for value in CHOICES[attribute] if value != getattr(shape, attribute)]
-    return Scene((shape.__class__(**{**shape.__dict__, attribute: others[rng.integers(len(others))]}),))
+    return Scene((replace(shape, **{attribute: other_value(rng, shape, attribute)}),))
 
 
 @torch.no_grad()
@@ -35,7 +34,7 @@ def timestep_sensitivity(
     (the same noise and timesteps for every caption, so the gaps are paired differences)."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, 1) for _ in range(num_scenes)]
-    pixels = images_to_tensor([render(scene) for scene in scenes]) * 2 - 1
+    pixels = render_batch(scenes) * 2 - 1
     latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
     texts = {"true": [caption(scene) for scene in scenes]}
     texts |= {name: [caption(_changed(scene, name, rng)) for scene in scenes] for name in ATTRIBUTES}

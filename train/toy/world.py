@@ -122,6 +122,12 @@ def _pick(rng: np.random.Generator, options: Sequence):
     return options[int(rng.integers(len(options)))]
 
 
+def other_value(rng: np.random.Generator, shape: Shape, attribute: str) -> str:
+    """A value of `attribute` ('color', 'shape' or 'position') other than `shape`'s, uniformly at random."""
+    options = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS)}[attribute]
+    return _pick(rng, [value for value in options if value != getattr(shape, attribute)])
+
+
 # ----------------------------------------------------------------------------------------------------------- scenes
 def shapes_apart(a: Shape, b: Shape, gap: int = MIN_GAP) -> bool:
     """Whether two shapes' bounding boxes are more than `gap` px apart (along x or y)."""
@@ -306,8 +312,7 @@ def sample_story(
     story: Story = [f"{article(color).capitalize()} {color} {kind} is {POSITION_PHRASES[position]}.", Scene((shape,))]
     for _ in range(num_images - 1):
         attribute = change or _pick(rng, ATTRIBUTES)
-        options = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS)}[attribute]
-        value = _pick(rng, [v for v in options if v != getattr(shape, attribute)])
+        value = other_value(rng, shape, attribute)
         if attribute == "position":  # a new place gets its own jitter; other changes keep the geometry
             shape = Shape(shape.color, shape.shape, value, **_sample_geometry(rng, SINGLE_SIZE_RANGE))
         else:
@@ -414,6 +419,7 @@ __all__ = [
     "as_rng",
     "caption",
     "describe",
+    "other_value",
     "parse_caption",
     "parse_step",
     "place",
