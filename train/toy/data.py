@@ -2,7 +2,7 @@
 
 - `pairs/`: `NAME.png` + `NAME.txt` captions (understanding or creation, 50/50);
 - `stories.jsonl` + `images/`: MMC4-style interleaved documents (`text_list`, `image_info`);
-- `qa.json`: LLaVA-style conversations with `<image>` (understanding Q&A);
+- `qa.json`: LLaVA-style multi-turn conversations with `<image>` (understanding Q&A, every attribute per picture);
 - `instructions.jsonl`: text-to-image instructions (`instruction`, `image`) and story instructions
   (`instruction`, `text_list`, `image_info`).
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.toy.world import Scene, caption, render, sample_instruction, sample_qa, sample_scene, sample_story
+from train.toy.world import Scene, caption, render, sample_conversation, sample_instruction, sample_scene, sample_story
 
 
 class _ImageStore:
@@ -74,11 +74,11 @@ def write_world_data(
     conversations = []
     for _ in range(num_qa):
         scene = sample_scene(rng)
-        qa = sample_qa(rng, scene)
-        conversations.append({
-            "image": f"images/{images.add(scene)}",
-            "conversations": [{"from": "human", "value": f"<image>\n{qa.question}"}, {"from": "gpt", "value": qa.answer}],
-        })
+        turns = []
+        for index, (question, answer) in enumerate(sample_conversation(rng, scene)):
+            turns += [{"from": "human", "value": f"<image>\n{question}" if index == 0 else question},
+                      {"from": "gpt", "value": answer}]
+        conversations.append({"image": f"images/{images.add(scene)}", "conversations": turns})
     paths["qa"].write_text(json.dumps(conversations))
 
     lines = []

@@ -75,11 +75,11 @@ Targets of the world: text-to-image colour >= 90%, shape >= 80%, position >= 80%
 `python -m train.toy --output runs/toy --seed {seed} --scale {scale}` on 2 CPU cores, wall time per part (s):
 {seconds}.
 
-| stage | trained | steps | lr | data |
-|---|---|---:|---:|---|
+| stage | trained | steps | batch | lr | data |
+|---|---|---:|---:|---:|---|
 {plan_rows}
 
-Batch size {batch_size}, {num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss with
+{num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss with
 {noise_samples} noise draws per created image at timesteps drawn from [{min_timestep}, 1000) (where the loss depends
 on layout), lm/diffusion loss weights 1/1 (alignment) and 1/10 (I-GPT, SFT), as the paper.
 """
@@ -109,7 +109,7 @@ def write_model_card(
 ) -> Path:
     """Write `folder/README.md` from the run's scores table, timings and (optionally) stage 0's log."""
     from train.toy.recipe import (
-        BATCH_SIZE, MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA,
+        MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA,
     )
 
     if stage0_log and "stage0" not in seconds:  # a reused stage 0: the time it took when it was trained
@@ -117,7 +117,7 @@ def write_model_card(
     rows = []
     for stage, plan in PLANS.items():
         data = ", ".join(plan.data) + f" (pairs {plan.creation_prob:.0%} creation)"
-        rows.append(f"| {stage} | {TRAINED[stage]} | {round(plan.steps * scale)} | {plan.learning_rate:g} | {data} |")
+        rows.append(f"| {stage} | {TRAINED[stage]} | {round(plan.steps * scale)} | {plan.batch_size} | {plan.learning_rate:g} | {data} |")
     card = CARD_TEMPLATE.format(
         size_line=_size_line(folder),
         table=scores_table,
@@ -125,7 +125,6 @@ def write_model_card(
         scale=f"{scale:g}",
         seconds=", ".join(f"{name} {value:.0f}" for name, value in seconds.items()),
         plan_rows="\n".join(rows),
-        batch_size=BATCH_SIZE,
         num_dream_queries=NUM_DREAM_QUERIES,
         snr_gamma=f"{SNR_GAMMA:g}",
         noise_samples=NOISE_SAMPLES_PER_IMAGE,

@@ -25,18 +25,20 @@ class StagePlan:
     learning_rate: float
     data: tuple[str, ...]  # keys of `write_world_data`'s result, optionally ':weight'
     creation_prob: float = 0.5  # share of image-text pairs used for creation
+    batch_size: int = 12
 
 
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
-# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats, with the
-# one-word answers weighted up (they carry one target token each, captions carry several).
+# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats. A step's cost is
+# the decoder's, paid per created image: a Q&A conversation costs ~1/50 of one, so SFT doubles its batch with Q&A
+# (three in four samples) and keeps the six creation-bearing samples per step of a batch of 12.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
-    "igpt": StagePlan(steps=1200, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
-    "sft": StagePlan(steps=900, learning_rate=3e-4, data=("qa:2", "instructions", "stories:0.5", "pairs:0.5")),
+    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
+    "sft": StagePlan(steps=900, learning_rate=1e-3, data=("qa:6", "instructions", "stories:0.5", "pairs:0.5"),
+                     batch_size=24),
 }
-BATCH_SIZE = 12
 NUM_DREAM_QUERIES = 16
 SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
 # Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
@@ -65,7 +67,7 @@ def run_stage(
     argv = [
         "--stage", stage, "--model_name_or_path", str(model), "--output_dir", str(output),
         "--max_steps", str(max(2, round(plan.steps * scale))), "--learning_rate", str(plan.learning_rate),
-        "--per_device_train_batch_size", str(BATCH_SIZE), "--logging_steps", "5", "--save_strategy", "no",
+        "--per_device_train_batch_size", str(plan.batch_size), "--logging_steps", "5", "--save_strategy", "no",
         "--seed", str(seed), "--dataloader_num_workers", "0", "--warmup_steps", "0.05",
         "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
         "--snr_gamma", str(SNR_GAMMA), "--noise_samples_per_image", str(NOISE_SAMPLES_PER_IMAGE),
@@ -95,7 +97,7 @@ def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
     """The world's training files under `output/data` (smaller below scale 0.25, for smoke runs)."""
     from train.toy.data import write_world_data
 
-    counts = dict(num_pairs=2000, num_stories=600, num_qa=2000, num_instructions=600)
+    counts = dict(num_pairs=2000, num_stories=600, num_qa=6000, num_instructions=600)
     sizes = {k: max(16, round(v * min(1.0, scale * 4))) for k, v in counts.items()}
     return write_world_data(output / "data", seed=seed, **sizes)
 

@@ -7,6 +7,7 @@ picture stories and instructions, all procedural and deterministic under a `nump
     caption(scene)                            # 'a red circle on the left'
     parse_caption('a red circle on the left') # Scene with the same (colour, shape, position) attributes
     sample_qa(rng, scene)                     # QA('What color is the shape?', 'red', kind='color')
+    sample_conversation(rng, scene)           # [QA(... 'shape' ...), QA(... 'color' ...), QA(... 'position' ...)]
     sample_story(rng)                         # ['A red circle is on the left.', Scene, 'Then it turns blue.', Scene]
     sample_instruction(rng)                   # Instruction('Draw a green triangle in the center.', Scene, 'draw')
 
@@ -266,6 +267,16 @@ def sample_qa(rng: np.random.Generator | int | None, scene: Scene, kind: str | N
     return QA(question, getattr(s, kind), kind)
 
 
+def sample_conversation(rng: np.random.Generator | int | None, scene: Scene) -> list[QA]:
+    """Several questions about one picture, as in LLaVA's multi-turn data: each attribute once in random order (about
+    a random shape), plus one more question when there are two shapes. One picture then teaches every attribute."""
+    rng = as_rng(rng)
+    kinds = [ATTRIBUTES[int(i)] for i in rng.permutation(len(ATTRIBUTES))]
+    if len(scene.shapes) == 2:
+        kinds.append(_pick(rng, ATTRIBUTES))
+    return [sample_qa(rng, scene, kind=kind) for kind in kinds]
+
+
 # --------------------------------------------------------------------------------------------------------- stories
 CHANGE_PHRASES = {"color": "changes color", "shape": "changes shape", "position": "moves"}
 
@@ -426,6 +437,7 @@ __all__ = [
     "render",
     "sample_attributes",
     "sample_instruction",
+    "sample_conversation",
     "sample_qa",
     "sample_scene",
     "sample_story",
