@@ -1,5 +1,7 @@
 """The shapes world's DreamLLM run: its training files, story scoring and the generated document page."""
 
+import json
+
 from PIL import Image
 
 from train.data import build_train_dataset, detect_kind
@@ -20,6 +22,10 @@ def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
     assert all(len(sample["input_ids"]) > 0 for sample in samples)  # every record encodes, none is skipped
     write_world_data(tmp_path / "again", seed=0, num_pairs=6, num_stories=3, num_qa=4, num_instructions=4)
     assert (tmp_path / "stories.jsonl").read_text() == (tmp_path / "again" / "stories.jsonl").read_text()
+    conversation = json.loads(files["qa"].read_text())[0]["conversations"]
+    assert [turn["from"] for turn in conversation] == ["human", "gpt"] * (len(conversation) // 2)
+    assert len(conversation) >= 6 and conversation[0]["value"].startswith("<image>\n")
+    assert not any("<image>" in turn["value"] for turn in conversation[1:])  # one picture, asked about several times
 
 
 def test_story_states_follow_the_generated_sentences():

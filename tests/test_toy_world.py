@@ -18,6 +18,7 @@ from train.toy.world import (
     parse_caption,
     parse_step,
     render,
+    sample_conversation,
     sample_instruction,
     sample_qa,
     sample_scene,
@@ -138,6 +139,17 @@ def test_qa_answers_match_the_scene():
     assert kinds == set(ATTRIBUTES)
     scene = scenes(1, 1)[0]
     assert sample_qa(rng, scene, kind="caption").answer == caption(scene)
+
+
+def test_conversation_asks_every_attribute_and_answers_match():
+    rng = np.random.default_rng(12)
+    for scene in scenes(13, 200):
+        turns = sample_conversation(rng, scene)
+        assert len(turns) == 3 + (len(scene.shapes) == 2)
+        assert {qa.kind for qa in turns[:3]} == set(ATTRIBUTES)
+        for qa in turns:
+            named = scene.shapes if len(scene.shapes) == 1 else referents(scene, qa.question)
+            assert len(named) == 1 and qa.answer == getattr(named[0], qa.kind), (scene, qa)
 
 
 def test_stories_change_one_attribute_per_step():
