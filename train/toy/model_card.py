@@ -117,7 +117,8 @@ def write_model_card(
     rows = []
     for stage, plan in PLANS.items():
         data = ", ".join(plan.data) + f" (pairs {plan.creation_prob:.0%} creation)"
-        rows.append(f"| {stage} | {TRAINED[stage]} | {round(plan.steps * scale)} | {plan.batch_size} | {plan.learning_rate:g} | {data} |")
+        cells = (stage, TRAINED[stage], round(plan.steps * scale), plan.batch_size, f"{plan.learning_rate:g}", data)
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
     card = CARD_TEMPLATE.format(
         size_line=_size_line(folder),
         table=scores_table,
