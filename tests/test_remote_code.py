@@ -16,6 +16,8 @@ def test_folder_layout(tiny_folder):
             "tokenizer.json", "chat_template.jinja", "unet", "vae", "scheduler"} <= names
     config = json.loads((tiny_folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP
+    # The parts' local folders must not travel into a published config.
+    assert "_name_or_path" not in config["text_config"] and "_name_or_path" not in config["vision_config"]
     processor = json.loads((tiny_folder / "processor_config.json").read_text())
     assert processor["auto_map"] == {"AutoProcessor": "processing_dreamllm.DreamLLMProcessor"}
     generation = json.loads((tiny_folder / "generation_config.json").read_text())

@@ -111,7 +111,7 @@ def assemble(
 
     text_config = language_model.config
     text_config.pad_token_id = tokenizer.pad_token_id
-    text_config._name_or_path = ""
+    text_config._name_or_path = vision_tower.config._name_or_path = ""  # the parts' local folders stay local
     tokenizer.model_max_length = text_config.max_position_embeddings
     config = DreamLLMConfig(
         text_config=text_config.to_dict(),
