@@ -108,9 +108,7 @@ def write_model_card(
     stage0_log: dict | None = None,
 ) -> Path:
     """Write `folder/README.md` from the run's scores table, timings and (optionally) stage 0's log."""
-    from train.toy.recipe import (
-        MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA,
-    )
+    from train.toy.recipe import MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA
 
     if stage0_log and "stage0" not in seconds:  # a reused stage 0: the time it took when it was trained
         seconds = {"stage0": stage0_log["seconds"]["total"], **seconds}

@@ -26,7 +26,9 @@ from .stage0_common import (
     smooth,
     warmup_cosine,
 )
-from .world import COLORS, POSITIONS, SHAPES, Scene, Shape, as_rng, caption, place, sample_scene, shapes_apart
+from .world import (
+    ATTRIBUTE_VALUES, COLORS, POSITIONS, SHAPES, Scene, Shape, as_rng, caption, place, sample_scene, shapes_apart,
+)
 
 STEPS = 1200
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
@@ -144,7 +146,7 @@ def _variants(scene: Scene) -> dict[str, list[Scene]]:
     out = {"color": [], "shape": [], "position": []}
     for i, s in enumerate(scene.shapes):
         taken = [o.position for j, o in enumerate(scene.shapes) if j != i]
-        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
+        for attribute, values in ATTRIBUTE_VALUES.items():
             for value in values:
                 if value == getattr(s, attribute) or (attribute == "position" and value in taken):
                     continue

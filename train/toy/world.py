@@ -50,6 +50,7 @@ POSITION_PHRASES: dict[str, str] = {
     "center": "in the center",
 }
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "position")
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHAPES, "position": tuple(POSITIONS)}
 SINGLE_SIZE_RANGE = (18, 24)  # one shape has the canvas to itself
 PAIR_SIZE_RANGE = (14, 20)  # two shapes must fit side by side without touching
 JITTER = 2  # max offset (px) of a shape's centre from its anchor
@@ -125,8 +126,7 @@ def _pick(rng: np.random.Generator, options: Sequence):
 
 def other_value(rng: np.random.Generator, shape: Shape, attribute: str) -> str:
     """A value of `attribute` ('color', 'shape' or 'position') other than `shape`'s, uniformly at random."""
-    options = {"color": list(COLORS), "shape": list(SHAPES), "position": list(POSITIONS)}[attribute]
-    return _pick(rng, [value for value in options if value != getattr(shape, attribute)])
+    return _pick(rng, [value for value in ATTRIBUTE_VALUES[attribute] if value != getattr(shape, attribute)])
 
 
 # ----------------------------------------------------------------------------------------------------------- scenes
@@ -414,6 +414,7 @@ def world_text_stream(rng: np.random.Generator | int | None) -> Iterator[str]:
 
 __all__ = [
     "ATTRIBUTES",
+    "ATTRIBUTE_VALUES",
     "article",
     "CHAT_TEXT",
     "COLORS",
@@ -436,8 +437,8 @@ __all__ = [
     "place",
     "render",
     "sample_attributes",
-    "sample_instruction",
     "sample_conversation",
+    "sample_instruction",
     "sample_qa",
     "sample_scene",
     "sample_story",
