@@ -1,4 +1,5 @@
-"""Stage 0, part 1: a small CLIP trained contrastively on (picture, caption) pairs of the shapes world."""
+"""Stage 0, part 1: a small CLIP trained contrastively on (picture, caption) pairs of the shapes world, then given
+patch-level features (`stage0_clip_patches`)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ from .stage0_common import (
     smooth,
     warmup_cosine,
 )
+from .stage0_clip_patches import FEATURE_LAYER, PatchHead, patch_labels
 from .world import (
     ATTRIBUTE_VALUES, COLORS, POSITIONS, SHAPES, Scene, Shape, as_rng, caption, place, sample_scene, shapes_apart,
 )
 
 STEPS = 1200
+PATCH_STEPS = 500
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
 LR = 1e-3
 POSITION_INIT_STD = 0.5
@@ -94,40 +97,85 @@ def twin(rng: np.random.Generator, scene: Scene) -> Scene:
     return scene
 
 
-def _contrastive_loss(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, captions: list[str]) -> torch.Tensor:
+def _contrastive_loss(logits_per_image: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """Symmetric InfoNCE; pairs in the batch that share a caption are all positives (soft targets)."""
-    out = model(input_ids=ids, pixel_values=clip_normalize(pixels))
-    logits = out.logits_per_image
     same = np.array(captions)[:, None] == np.array(captions)[None, :]
     targets = torch.from_numpy(same / same.sum(1, keepdims=True)).float()
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)) / 2
 
 
-def train_clip(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
-    """Train from scratch; the loss curve goes to log['clip_loss']."""
-    tokenizer = build_clip_tokenizer()
-    torch.manual_seed(seed)
-    model = build_clip(tokenizer).train()
-    rng = as_rng(seed + 11)
-    steps, batch = scaled(STEPS, steps_scale), scaled_batch(BATCH, steps_scale)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05)
+def _train_phase(
+    model: CLIPModel, tokenizer, rng: np.random.Generator, steps: int, batch: int, desc: str,
+    patch_head: PatchHead | None = None,
+) -> list[float]:
+    """AdamW on the parameters that require grad; the loss is contrastive, plus the dense loss when `patch_head` is
+    given. Returns the per-step losses (the dense ones in the dense phase)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += list(patch_head.parameters()) if patch_head is not None else []
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.05)
     schedule = warmup_cosine(optimizer, steps, warmup=50)
     losses = []
-    for _, bar in progress(steps, "clip"):
+    for _, bar in progress(steps, desc):
         scenes = [sample_scene(rng) for _ in range(batch // 2)]
         scenes += [twin(rng, scene) for scene in scenes]
         captions = [caption(s) for s in scenes]
-        loss = _contrastive_loss(model, render_batch(scenes), clip_input_ids(tokenizer, captions), captions)
+        pixels = render_batch(scenes)
+        out = model(
+            input_ids=clip_input_ids(tokenizer, captions), pixel_values=clip_normalize(pixels),
+            output_hidden_states=patch_head is not None,
+        )
+        loss = _contrastive_loss(out.logits_per_image, captions)
+        if patch_head is not None:
+            patches = out.vision_model_output.hidden_states[FEATURE_LAYER][:, 1:]  # CLS dropped, as DreamLLM does
+            dense = patch_head.loss(patches, patch_labels(scenes))
+            loss = loss + dense
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        shown = dense if patch_head is not None else loss
+        losses.append(shown.item())
+        bar.set_postfix(loss=f"{shown.item():.3f}", refresh=False)
+    return losses
+
+
+def train_clip(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
+    """Contrastive training from scratch, then the patch-level phase. Loss curves go to log['clip_loss'] and
+    log['clip_patch_loss']."""
+    model, tokenizer = train_contrastive(seed, steps_scale, log)
+    return align_patches(model, tokenizer, seed, steps_scale, log), tokenizer
+
+
+def train_contrastive(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    model = build_clip(tokenizer).train()
+    steps = scaled(STEPS, steps_scale)
+    losses = _train_phase(model, tokenizer, as_rng(seed + 11), steps, scaled_batch(BATCH, steps_scale), "clip")
     log["clip_loss"] = smooth(losses, max(1, steps // 50))
     log["clip_final_loss"] = float(np.mean(losses[-20:]))
-    return model.eval(), tokenizer
+    return model, tokenizer
+
+
+def align_patches(model: CLIPModel, tokenizer, seed: int, steps_scale: float, log: dict) -> CLIPModel:
+    """The patch-level phase (`stage0_clip_patches`): vision tower only. The decoder is conditioned on the text tower,
+    so that is frozen and comes out unchanged. The dense head's held-out accuracy goes to log['clip_patch_accuracy']."""
+    for frozen in (model.text_model, model.text_projection):
+        frozen.requires_grad_(False)
+    model.logit_scale.requires_grad_(False)
+    torch.manual_seed(seed + 12)
+    head = PatchHead(model.config.vision_config.hidden_size)
+    rng = as_rng(seed + 13)
+    steps = scaled(PATCH_STEPS, steps_scale)
+    batch = scaled_batch(BATCH, steps_scale)
+    losses = _train_phase(model.train(), tokenizer, rng, steps, batch, "clip patches", patch_head=head)
+    log["clip_patch_loss"] = smooth(losses, max(1, steps // 50))
+    held_out = [sample_scene(rng) for _ in range(256)]
+    with torch.no_grad():
+        hidden = model.vision_model(clip_normalize(render_batch(held_out)), output_hidden_states=True).hidden_states
+    log["clip_patch_accuracy"] = head.accuracy(hidden[FEATURE_LAYER][:, 1:], patch_labels(held_out))
+    return model.eval().requires_grad_(True)
 
 
 @torch.no_grad()
