@@ -2,9 +2,11 @@
 libraries' classes and saved in their native formats (what real DreamLLM downloads).
 
     python -m train.toy.stage0 --output /tmp/toy_stage0 [--seed 0] [--steps-scale 1.0] [--threads N]
+                               [--clip-patch-steps 500]
 
 writes
-    clip/        CLIPModel + CLIPImageProcessor + tokenizer (CLIPVisionModel.from_pretrained loads the vision tower)
+    clip/        CLIPModel (contrastive; patch-level too with --clip-patch-steps) + CLIPImageProcessor + tokenizer
+                 (CLIPVisionModel.from_pretrained loads the vision tower)
     diffusion/   StableDiffusionPipeline folder: unet/ vae/ scheduler/ text_encoder/ tokenizer/ model_index.json
     lm/          LlamaForCausalLM + its word-level LLaMA-style tokenizer
     stage0_log.json  loss curves, wall times, CLIP zero-shot and text-to-image accuracies
@@ -34,15 +36,17 @@ def text_tower(clip: CLIPModel) -> CLIPTextModel:
     return text_encoder.eval().requires_grad_(False)
 
 
-def run(output: Path, seed: int = 0, steps_scale: float = 1.0) -> dict:
-    """Train and save every component under `output`; returns the log (also written to stage0_log.json)."""
+def run(output: Path, seed: int = 0, steps_scale: float = 1.0, clip_patch_steps: int = 0) -> dict:
+    """Train and save every component under `output`; returns the log (also written to stage0_log.json).
+    `clip_patch_steps` > 0 adds CLIP's patch-level phase (`stage0_clip_patches`); it leaves the decoder unchanged."""
     output.mkdir(parents=True, exist_ok=True)
     log: dict = {"seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads(), "seconds": {}}
+    log["clip_patch_steps"] = clip_patch_steps
     seconds = log["seconds"]
     eval_scale = min(1.0, max(steps_scale, 0.1))  # evaluations shrink less than training, but stay quick in tests
 
     with timed(seconds, "clip"):
-        clip, clip_tokenizer = train_clip(seed, steps_scale, log)
+        clip, clip_tokenizer = train_clip(seed, steps_scale, log, patch_steps=clip_patch_steps)
         save_clip(clip, clip_tokenizer, output / "clip")
     with timed(seconds, "clip_eval"):
         log["clip_zero_shot"] = zero_shot(clip, clip_tokenizer, seed + 1000, num_images=scaled(300, eval_scale, 30))
@@ -79,6 +83,9 @@ def summary(log: dict) -> str:
     )
     lines.append(f"vae reconstruction accuracy (judge): {log['vae_reconstruction_accuracy']:.3f}")
     lines.append("clip zero-shot: " + ", ".join(f"{k} {v:.2f}" for k, v in log["clip_zero_shot"].items()))
+    if "clip_patch_accuracy" in log:
+        accuracy = log["clip_patch_accuracy"]
+        lines.append("clip patch head, patches of a shape: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
     for key, name in (("text_to_image", "guidance 7.5"), ("text_to_image_cfg3", "guidance 3")):
         lines.append(f"text-to-image, {name} (judge): " + ", ".join(f"{k} {v:.2f}" for k, v in log[key].items()))
     return "\n".join(lines)
@@ -90,10 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clip-patch-steps", type=int, default=0,
+        help="steps of CLIP's patch-level phase (default 0: off; 500 is the measured setting, see README)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    log = run(args.output, args.seed, args.steps_scale)
+    log = run(args.output, args.seed, args.steps_scale, args.clip_patch_steps)
     print(summary(log))
     return log
 

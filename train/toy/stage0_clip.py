@@ -33,7 +33,6 @@ from .world import (
 )
 
 STEPS = 1200
-PATCH_STEPS = 500
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
 LR = 1e-3
 POSITION_INIT_STD = 0.5
@@ -140,11 +139,15 @@ def _train_phase(
     return losses
 
 
-def train_clip(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
-    """Contrastive training from scratch, then the patch-level phase. Loss curves go to log['clip_loss'] and
-    log['clip_patch_loss']."""
+def train_clip(
+    seed: int, steps_scale: float, log: dict, patch_steps: int = 0
+) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
+    """Contrastive training from scratch, then `patch_steps` of the patch-level phase (none by default). Loss curves
+    go to log['clip_loss'] and log['clip_patch_loss']."""
     model, tokenizer = train_contrastive(seed, steps_scale, log)
-    return align_patches(model, tokenizer, seed, steps_scale, log), tokenizer
+    if patch_steps > 0:
+        model = align_patches(model, tokenizer, seed, steps_scale, log, steps=patch_steps)
+    return model, tokenizer
 
 
 def train_contrastive(seed: int, steps_scale: float, log: dict) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
@@ -158,7 +161,9 @@ def train_contrastive(seed: int, steps_scale: float, log: dict) -> tuple[CLIPMod
     return model, tokenizer
 
 
-def align_patches(model: CLIPModel, tokenizer, seed: int, steps_scale: float, log: dict) -> CLIPModel:
+def align_patches(
+    model: CLIPModel, tokenizer, seed: int, steps_scale: float, log: dict, steps: int = 500
+) -> CLIPModel:
     """The patch-level phase (`stage0_clip_patches`): vision tower only. The decoder is conditioned on the text tower,
     so that is frozen and comes out unchanged. The dense head's held-out accuracy goes to log['clip_patch_accuracy']."""
     for frozen in (model.text_model, model.text_projection):
@@ -167,7 +172,7 @@ def align_patches(model: CLIPModel, tokenizer, seed: int, steps_scale: float, lo
     torch.manual_seed(seed + 12)
     head = PatchHead(model.config.vision_config.hidden_size)
     rng = as_rng(seed + 13)
-    steps = scaled(PATCH_STEPS, steps_scale)
+    steps = scaled(steps, steps_scale)
     batch = scaled_batch(BATCH, steps_scale)
     losses = _train_phase(model.train(), tokenizer, rng, steps, batch, "clip patches", patch_head=head)
     log["clip_patch_loss"] = smooth(losses, max(1, steps // 50))
