@@ -54,6 +54,7 @@ def test_patch_head_loss_ignores_unowned_patches_and_scores_owned_ones():
 def test_align_patches_trains_the_vision_tower_and_leaves_the_text_tower_unchanged():
     log = {}
     model, tokenizer = train_contrastive(0, 0.01, log)
+    assert not model.training
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model = align_patches(model, tokenizer, 0, 0.01, log, steps=500)
     after = model.state_dict()

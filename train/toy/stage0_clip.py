@@ -1,5 +1,5 @@
-"""Stage 0, part 1: a small CLIP trained contrastively on (picture, caption) pairs of the shapes world, then given
-patch-level features (`stage0_clip_patches`)."""
+"""Stage 0, part 1: a small CLIP trained contrastively on (picture, caption) pairs of the shapes world, optionally
+followed by a patch-level phase (`stage0_clip_patches`)."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def train_contrastive(seed: int, steps_scale: float, log: dict) -> tuple[CLIPMod
     losses = _train_phase(model, tokenizer, as_rng(seed + 11), steps, scaled_batch(BATCH, steps_scale), "clip")
     log["clip_loss"] = smooth(losses, max(1, steps // 50))
     log["clip_final_loss"] = float(np.mean(losses[-20:]))
-    return model, tokenizer
+    return model.eval(), tokenizer
 
 
 def align_patches(

@@ -14,10 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from configuration_dreamllm import DreamLLMConfig
+
 from .stage0_common import render_batch
 from .world import ATTRIBUTE_VALUES, ATTRIBUTES, Scene
 
-FEATURE_LAYER = -2  # the hidden state DreamLLM reads (DreamLLMConfig.vision_feature_layer)
+FEATURE_LAYER = DreamLLMConfig.vision_feature_layer  # the hidden state DreamLLM reads (CLS dropped)
 OWNED = 0.25  # a patch belongs to the object covering at least this share of it; uncovered patches are background
 IGNORE = -100
 
