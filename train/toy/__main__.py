@@ -6,6 +6,7 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only
     python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
+    python -m train.toy binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
 `DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt` and `DIR/scores.json`. Deterministic under `--seed`.
@@ -48,6 +49,22 @@ def main(argv: list[str] | None = None) -> None:
         from train.toy.probe import sensitivity_table, timestep_sensitivity
 
         print(sensitivity_table(timestep_sensitivity(StableDiffusionPipeline.from_pretrained(args.diffusion))))
+        return
+    if argv[:1] == ["binding"]:
+        parser = argparse.ArgumentParser(prog="python -m train.toy binding", description="train a fresh world-sized "
+                                         "LLaMA to name the colour of one of two shapes from frozen CLIP patches")
+        parser.add_argument("clip", type=Path, help="a stage-0 CLIP folder (DIR/stage0/clip)")
+        parser.add_argument("--tasks", default="one_hop,two_hop,two_hop_echo,chat,chat_echo")
+        parser.add_argument("--steps", type=int, default=1000)
+        parser.add_argument("--seed", type=int, default=0)
+        args = parser.parse_args(argv[1:])
+        from transformers import CLIPVisionModel
+
+        from train.toy.binding import binding_table, train_binding
+
+        clip = CLIPVisionModel.from_pretrained(args.clip)
+        curves = {task: train_binding(clip, task, steps=args.steps, seed=args.seed) for task in args.tasks.split(",")}
+        print(binding_table(curves))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path)
