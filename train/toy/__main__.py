@@ -54,16 +54,18 @@ def main(argv: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog="python -m train.toy binding", description="train a fresh world-sized "
                                          "LLaMA to name the colour of one of two shapes from frozen CLIP patches")
         parser.add_argument("clip", type=Path, help="a stage-0 CLIP folder (DIR/stage0/clip)")
-        parser.add_argument("--tasks", default="one_hop,two_hop,two_hop_echo,chat,chat_echo")
+        parser.add_argument("--tasks", default=None, help="comma-separated (default: every task)")
         parser.add_argument("--steps", type=int, default=1000)
+        parser.add_argument("--batch", type=int, default=24, help="samples per step: the plateau's main lever")
         parser.add_argument("--seed", type=int, default=0)
         args = parser.parse_args(argv[1:])
         from transformers import CLIPVisionModel
 
-        from train.toy.binding import binding_table, train_binding
+        from train.toy.binding import TASKS, binding_table, train_binding
 
         clip = CLIPVisionModel.from_pretrained(args.clip)
-        curves = {task: train_binding(clip, task, steps=args.steps, seed=args.seed) for task in args.tasks.split(",")}
+        tasks = args.tasks.split(",") if args.tasks else TASKS
+        curves = {task: train_binding(clip, task, steps=args.steps, batch=args.batch, seed=args.seed) for task in tasks}
         print(binding_table(curves))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

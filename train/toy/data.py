@@ -53,9 +53,10 @@ def world_data_paths(root: str | Path) -> dict[str, Path]:
 
 def write_world_data(
     root: str | Path, seed: int = 0, num_pairs: int = 2000, num_stories: int = 600, num_qa: int = 2000,
-    num_instructions: int = 600,
+    num_instructions: int = 600, qa_two_shape_share: float = 0.5,
 ) -> dict[str, Path]:
-    """Write every file under `root` (deterministic in `seed`); returns the paths by kind."""
+    """Write every file under `root` (deterministic in `seed`); returns the paths by kind. `qa_two_shape_share` of
+    the Q&A pictures show two shapes (the rest one), whose questions need colour bound to shape and place."""
     root = Path(root)
     paths = world_data_paths(root)
     rng = np.random.default_rng(seed)
@@ -73,7 +74,7 @@ def write_world_data(
 
     conversations = []
     for _ in range(num_qa):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, 2 if rng.random() < qa_two_shape_share else 1)
         turns = []
         for index, (question, answer) in enumerate(sample_conversation(rng, scene)):
             turns += [{"from": "human", "value": f"<image>\n{question}" if index == 0 else question},

@@ -31,14 +31,16 @@ class StagePlan:
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
 # it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats. A step's cost is
-# the decoder's, paid per created image: a Q&A conversation costs ~1/50 of one, so SFT doubles its batch with Q&A
-# (three in four samples) and keeps the six creation-bearing samples per step of a batch of 12.
+# the decoder's, paid per created image, and a Q&A conversation costs far less: SFT keeps six creation-bearing
+# samples per step and fills a large batch with Q&A (42 of 48). Two-shape questions ("What color is the circle?")
+# need a two-step lookup that small batches leave stuck at chance (README, "binding"); large batches learn it.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
     "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
-    "sft": StagePlan(steps=900, learning_rate=1e-3, data=("qa:6", "instructions", "stories:0.5", "pairs:0.5"),
-                     batch_size=24),
+    "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:14", "instructions", "stories:0.5", "pairs:0.5"),
+                     batch_size=48),
 }
+QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
 NUM_DREAM_QUERIES = 16
 SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
 # Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
@@ -99,7 +101,7 @@ def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
 
     counts = dict(num_pairs=2000, num_stories=600, num_qa=6000, num_instructions=600)
     sizes = {k: max(16, round(v * min(1.0, scale * 4))) for k, v in counts.items()}
-    return write_world_data(output / "data", seed=seed, **sizes)
+    return write_world_data(output / "data", seed=seed, qa_two_shape_share=QA_TWO_SHAPE_SHARE, **sizes)
 
 
 def plot_losses(losses: dict[str, list[dict]], path: Path) -> None:
