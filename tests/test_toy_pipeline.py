@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 from PIL import Image
 
 from train.data import build_train_dataset, detect_kind
 from train.toy.data import write_world_data
-from train.toy.evaluate import story_states
-from train.toy.world import Scene, Shape
+from train.toy.evaluate import follows_instruction, story_states
+from train.toy.world import Scene, Shape, sample_instruction, story_text
 
 
 def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
@@ -58,3 +59,22 @@ def test_generate_writes_an_html_page_with_its_images(tmp_path):
     html = page.read_text()
     assert html.index("A red circle.") < html.index('src="image_1.png"') < html.index("The end &lt;3")
     assert Image.open(tmp_path / "image_1.png").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_follows_instruction_checks_subject_and_requested_change():
+    rng = np.random.default_rng(3)
+    for _ in range(100):  # the world's own stories do what their instructions ask
+        instruction = sample_instruction(rng, kind="story")
+        assert follows_instruction(instruction.text, story_text(instruction.target)), instruction
+    colour = "Tell a short story about a triangle that changes color, with pictures."
+    assert follows_instruction(colour, "A red triangle is on the right. Then it turns blue. Then it turns green.")
+    assert not follows_instruction(colour, "A red triangle is on the right. Then it moves to the top.")  # wrong change
+    assert not follows_instruction(colour, "A red circle is on the right. Then it turns blue.")  # wrong subject
+    assert not follows_instruction(colour, "A red triangle is on the right.")  # no change at all
+    assert not follows_instruction(colour, "A red triangle is on the right. Then it sings.")  # a step it cannot read
+    by_colour = "Tell a short story about a red shape that changes shape, with pictures."
+    assert follows_instruction(by_colour, "A red circle is on the left. Then it becomes a square.")
+    assert not follows_instruction(by_colour, "A blue circle is on the left. Then it becomes a square.")
+    anything = "Tell a short story with pictures."
+    assert follows_instruction(anything, "A red circle is on the left. Then it moves to the top.")
+    assert not follows_instruction(anything, "")

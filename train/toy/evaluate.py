@@ -5,9 +5,11 @@
 - text-to-image: colour / shape / position accuracy of `pipe(caption)` (the judge reads the picture);
 - understanding: exact-answer accuracy by question kind, through the chat template and `model.generate`;
 - interleaved: story instructions through `generate_interleaved`; an image counts when it comes right after a
-  sentence and shows what the story says at that point (the state is read back from the generated sentences).
+  sentence and shows what the story says at that point (the state is read back from the generated sentences); a
+  story follows its instruction when it keeps the asked-for subject and changes only what was asked.
 """
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +17,8 @@ import torch
 
 from train.toy.judge import score_scene
 from train.toy.world import (
-    ATTRIBUTES, Scene, Shape, caption, parse_caption, parse_step, render, sample_instruction, sample_qa, sample_scene,
+    ATTRIBUTES, CHANGE_PHRASES, COLORS, Scene, Shape, caption, parse_caption, parse_step, render, sample_instruction,
+    sample_qa, sample_scene,
 )
 
 HELD_OUT_SEED = 10_000  # training data uses seeds below this
@@ -92,11 +95,32 @@ def story_states(text_before_each_image: list[str]) -> list[Scene | None]:
     return states
 
 
+_REQUEST_RE = re.compile(rf"about an? (\w+)(?: shape)? that ({'|'.join(CHANGE_PHRASES.values())})")
+_CHANGE_OF_PHRASE = {phrase: attribute for attribute, phrase in CHANGE_PHRASES.items()}
+
+
+def follows_instruction(instruction_text: str, story_text: str) -> bool:
+    """Whether a generated story does what a story instruction asks: it opens on one shape and then changes it; for
+    "about a circle that moves" (or "about a red shape that changes shape") that shape is a circle (red) and every
+    step is a move (a change of shape)."""
+    sentences = [part.strip() + "." for part in story_text.split(".") if part.strip()]
+    opening = parse_caption(sentences[0]).shapes if sentences else ()
+    steps = [parse_step(sentence) for sentence in sentences[1:]]
+    if len(opening) != 1 or not steps or None in steps:
+        return False
+    request = _REQUEST_RE.search(instruction_text.lower())
+    if request is None:  # "Tell a short story with pictures.": any subject, any changes
+        return True
+    subject, change = request.group(1), _CHANGE_OF_PHRASE[request.group(2)]
+    named = opening[0].color if subject in COLORS else opening[0].shape
+    return named == subject and all(attribute == change for attribute, _ in steps)
+
+
 @torch.no_grad()
 def interleaved(pipe, num_stories: int = 12, seed: int = HELD_OUT_SEED + 2, steps: int = 25,
                 guidance_scale: float = 3.0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    placed = matched = images_seen = expected = 0
+    placed = matched = images_seen = expected = followed = 0
     for index in range(num_stories):
         instruction = sample_instruction(rng, kind="story")
         expected += sum(not isinstance(segment, str) for segment in instruction.target)
@@ -113,6 +137,7 @@ def interleaved(pipe, num_stories: int = 12, seed: int = HELD_OUT_SEED + 2, step
                 text_so_far = ""
         images = [segment for segment in out.segments if not isinstance(segment, str)]
         images_seen += len(images)
+        followed += follows_instruction(instruction.text, "".join(s for s in out.segments if isinstance(s, str)))
         for image, state, text in zip(images, story_states(before), before):
             at_sentence = text.strip().endswith(".")
             placed += at_sentence
@@ -122,6 +147,7 @@ def interleaved(pipe, num_stories: int = 12, seed: int = HELD_OUT_SEED + 2, step
         "expected_images_per_story": expected / num_stories,
         "at_sentence": placed / max(images_seen, 1),
         "at_sentence_and_matching": matched / max(images_seen, 1),
+        "follows_instruction": followed / num_stories,
         "n": num_stories,
     }
 

@@ -31,13 +31,15 @@ class StagePlan:
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
 # it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats. A step's cost is
-# the decoder's, paid per created image, and a Q&A conversation costs far less: SFT keeps six creation-bearing
-# samples per step and fills a large batch with Q&A (42 of 48). Two-shape questions ("What color is the circle?")
-# need a two-step lookup that small batches leave stuck at chance (README, "binding"); large batches learn it.
+# the decoder's, paid per created image, and a Q&A conversation costs far less: SFT fills a large batch with Q&A
+# (39 of 48) around six instructions and three other creation-bearing samples. Two-shape questions ("What color is
+# the circle?") need a two-step lookup that small batches leave stuck at chance (README, "binding"); large batches
+# learn it. Instructions keep the share of the batch they had at batch 24: with one in 16, stories stopped following
+# the change they were asked for.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
     "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
-    "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:14", "instructions", "stories:0.5", "pairs:0.5"),
+    "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:13", "instructions:2", "stories:0.5", "pairs:0.5"),
                      batch_size=48),
 }
 QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
