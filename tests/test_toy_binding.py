@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from train.toy.binding import TASKS, BindingModel, accuracy, lookup_set, patch_features, task_tokens, train_binding
+from train.toy.binding import TASKS, BindingModel, accuracy, lookup_set, task_tokens, train_binding
+from train.toy.stage0_clip_patches import patch_features
 from train.toy.stage0_common import build_lm_tokenizer
 from train.toy.world import CHAT_TEXT, POSITION_PHRASES, words
 

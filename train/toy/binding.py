@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionModel, PreTrainedTokenizerFast
 
-from train.toy.stage0_clip_patches import FEATURE_LAYER
-from train.toy.stage0_common import build_lm_tokenizer, clip_normalize, render_batch
+from train.toy.stage0_clip_patches import patch_features
+from train.toy.stage0_common import build_lm_tokenizer
 from train.toy.stage0_lm import build_lm
 from train.toy.world import CHAT_TEXT, POSITION_PHRASES, Scene, sample_scene, words
 
@@ -39,16 +39,6 @@ TASKS = ("one_hop", "two_hop", "two_hop_echo", "chat", "chat_echo", "chat_key_fi
 def lookup_set(rng: np.random.Generator, size: int) -> list[tuple[Scene, int]]:
     """Two-shape scenes, each with the index of the shape a question asks about."""
     return [(sample_scene(rng, 2), int(rng.integers(2))) for _ in range(size)]
-
-
-@torch.no_grad()
-def patch_features(clip: CLIPVisionModel, scenes: list[Scene], batch: int = 256) -> torch.Tensor:
-    """(N, num_patches, hidden) penultimate-layer patches, as DreamLLM's vision path reads them."""
-    chunks = []
-    for start in range(0, len(scenes), batch):
-        pixels = clip_normalize(render_batch(scenes[start : start + batch]))
-        chunks.append(clip(pixel_values=pixels, output_hidden_states=True).hidden_states[FEATURE_LAYER][:, 1:])
-    return torch.cat(chunks)
 
 
 def _subject(scene: Scene, index: int, rng: np.random.Generator) -> str:
@@ -132,9 +122,8 @@ def train_binding(
     if task not in TASKS:
         raise ValueError(f"unknown binding task {task!r}; expected one of {TASKS}")
     tokenizer = build_lm_tokenizer()
-    train_set, test_set = lookup_set(np.random.default_rng(seed + 1), num_train), lookup_set(
-        np.random.default_rng(seed + 2), num_test
-    )
+    train_set = lookup_set(np.random.default_rng(seed + 1), num_train)
+    test_set = lookup_set(np.random.default_rng(seed + 2), num_test)
     clip = clip.eval()
     train_features = patch_features(clip, [scene for scene, _ in train_set])
     test_features = patch_features(clip, [scene for scene, _ in test_set])
@@ -179,4 +168,4 @@ def binding_table(curves: dict[str, list[tuple[int, float]]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["TASKS", "BindingModel", "binding_table", "lookup_set", "patch_features", "task_tokens", "train_binding"]
+__all__ = ["TASKS", "BindingModel", "binding_table", "lookup_set", "task_tokens", "train_binding"]

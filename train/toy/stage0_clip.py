@@ -27,7 +27,7 @@ from .stage0_common import (
     smooth,
     warmup_cosine,
 )
-from .stage0_clip_patches import FEATURE_LAYER, PatchHead, patch_labels
+from .stage0_clip_patches import FEATURE_LAYER, PatchHead, patch_features, patch_labels
 from .world import (
     ATTRIBUTE_VALUES, COLORS, POSITIONS, SHAPES, Scene, Shape, as_rng, caption, place, sample_scene, shapes_apart,
 )
@@ -177,9 +177,7 @@ def align_patches(
     losses = _train_phase(model.train(), tokenizer, rng, steps, batch, "clip patches", patch_head=head)
     log["clip_patch_loss"] = smooth(losses, max(1, steps // 50))
     held_out = [sample_scene(rng) for _ in range(256)]
-    with torch.no_grad():
-        hidden = model.vision_model(clip_normalize(render_batch(held_out)), output_hidden_states=True).hidden_states
-    log["clip_patch_accuracy"] = head.accuracy(hidden[FEATURE_LAYER][:, 1:], patch_labels(held_out))
+    log["clip_patch_accuracy"] = head.accuracy(patch_features(model.vision_model, held_out), patch_labels(held_out))
     return model.eval().requires_grad_(True)
 
 

@@ -16,12 +16,23 @@ import torch.nn.functional as F
 
 from configuration_dreamllm import DreamLLMConfig
 
-from .stage0_common import render_batch
+from .stage0_common import clip_normalize, render_batch
 from .world import ATTRIBUTE_VALUES, ATTRIBUTES, Scene
 
 FEATURE_LAYER = DreamLLMConfig.vision_feature_layer  # the hidden state DreamLLM reads (CLS dropped)
 OWNED = 0.25  # a patch belongs to the object covering at least this share of it; uncovered patches are background
 IGNORE = -100
+
+
+@torch.no_grad()
+def patch_features(vision_tower: torch.nn.Module, scenes: list[Scene], batch: int = 256) -> torch.Tensor:
+    """(N, num_patches, hidden) patches of `FEATURE_LAYER`, CLS dropped, as DreamLLM's vision path reads them.
+    `vision_tower` is a `CLIPVisionModel` or a `CLIPModel`'s `vision_model`."""
+    chunks = []
+    for start in range(0, len(scenes), batch):
+        pixels = clip_normalize(render_batch(scenes[start : start + batch]))
+        chunks.append(vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[FEATURE_LAYER][:, 1:])
+    return torch.cat(chunks)
 
 
 def patch_labels(scenes: list[Scene], patch_size: int = 8) -> torch.Tensor:
