@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--clip-patch-steps", type=int, default=0,
-        help="steps of CLIP's patch-level phase (default 0: off; 500 is the measured setting, see README)",
+        help="steps of CLIP's patch-level phase (default 0: off; 500 and 3000 are measured in the README)",
     )
     args = parser.parse_args(argv)
     if args.threads:

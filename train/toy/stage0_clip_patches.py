@@ -5,8 +5,10 @@ object under them is (the reason patch features segment zero-shot); this world's
 embeddings, barely does: a linear probe reads the shape kind of the object under a patch at 60% (43% chance). The
 phase (`python -m train.toy.stage0 --clip-patch-steps 500`) keeps the contrastive loss and adds a dense one: from the
 features DreamLLM reads, a throwaway linear head predicts each patch's object (colour, kind, position, or
-background). The probe then reads 78%. The text tower is frozen, so the decoder's conditioning (trained on it in
-stage 0) does not depend on this phase. Its effect on DreamLLM is measured in the README.
+background). After 500 steps the probe reads 78%; after 3000 the head reads every held-out patch of a shape right.
+The text tower is frozen, so the decoder's conditioning (trained on it in stage 0) does not depend on this phase.
+Its effect on DreamLLM, measured in the README, is why it is off by default: a little understanding for a lot of
+drawing.
 """
 
 from __future__ import annotations
