@@ -7,8 +7,8 @@ from PIL import Image
 
 from train.data import build_train_dataset, detect_kind
 from train.toy.data import write_world_data
-from train.toy.evaluate import follows_instruction, story_states
-from train.toy.world import Scene, Shape, sample_instruction, story_text
+from train.toy.evaluate import follows_instruction, story_states, text_to_image
+from train.toy.world import Scene, Shape, parse_caption, render, sample_instruction, story_text
 
 
 def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
@@ -78,3 +78,24 @@ def test_follows_instruction_checks_subject_and_requested_change():
     anything = "Tell a short story with pictures."
     assert follows_instruction(anything, "A red circle is on the left. Then it moves to the top.")
     assert not follows_instruction(anything, "")
+
+
+class _Renderer:
+    """Stands in for a DreamLLM pipeline: draws each caption with the world's renderer, keeping `keep` shapes."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+
+    def __call__(self, captions, **_):
+        scenes = [Scene(parse_caption(text).shapes[: self.keep]) for text in captions]
+        return type("Output", (), {"images": [render(scene) for scene in scenes]})()
+
+
+def test_text_to_image_scores_two_shape_captions_apart():
+    perfect = text_to_image(_Renderer(), num_prompts=8)
+    assert perfect == {"color": 1.0, "shape": 1.0, "position": 1.0, "all": 1.0, "two_shape_color": 1.0,
+                       "two_shape_shape": 1.0, "two_shape_position": 1.0, "n": 8}
+    # Half the captions name two shapes; drawing only the first of them fails exactly that half.
+    first_only = text_to_image(_Renderer(keep=1), num_prompts=8)
+    assert first_only["color"] == first_only["all"] == 0.5
+    assert first_only["two_shape_color"] == first_only["two_shape_position"] == 0.0

@@ -61,7 +61,8 @@ Or `python generate.py "<prompt>"` from the repository, which writes the documen
 ## Held-out scores
 
 `python -m train.toy evaluate checkpoints/toy` (held-out seeds; pictures judged by exact pixel analysis; text-to-image
-and stories at guidance 3.0 with 25 DPM-Solver++ steps):
+and stories at guidance 3.0 with 25 DPM-Solver++ steps; half the captions name two shapes, and the `two_shape_*`
+rows score the pictures and questions with two shapes alone; `all`: every attribute of every shape right):
 
 ```
 {table}
