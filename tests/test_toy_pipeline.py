@@ -29,16 +29,19 @@ def test_world_files_are_real_format_sources(tmp_path, tiny_processor):
     assert not any("<image>" in turn["value"] for turn in conversation[1:])  # one picture, asked about several times
 
 
-def test_qa_two_shape_share_sets_how_many_pictures_show_two_shapes(tmp_path):
-    counts = {}
+def test_two_shape_shares_set_how_many_pictures_show_two_shapes(tmp_path):
+    qa_counts, pair_counts = {}, {}
     for share in (0.0, 0.75, 1.0):
-        files = write_world_data(tmp_path / str(share), seed=1, num_pairs=1, num_stories=1, num_qa=200,
-                                 num_instructions=1, qa_two_shape_share=share)
+        files = write_world_data(tmp_path / str(share), seed=1, num_pairs=200, num_stories=1, num_qa=200,
+                                 num_instructions=1, qa_two_shape_share=share, pair_two_shape_share=share)
         # A conversation asks each attribute once, and once more when the picture shows two shapes.
         turns = [len(record["conversations"]) // 2 for record in json.loads(files["qa"].read_text())]
         assert set(turns) <= {3, 4}
-        counts[share] = turns.count(4)
-    assert counts[0.0] == 0 and counts[1.0] == 200 and 130 <= counts[0.75] <= 170
+        qa_counts[share] = turns.count(4)
+        captions = [path.read_text() for path in files["pairs"].glob("*.txt")]
+        pair_counts[share] = sum(len(parse_caption(text).shapes) == 2 for text in captions)
+    for counts in (qa_counts, pair_counts):
+        assert counts[0.0] == 0 and counts[1.0] == 200 and 130 <= counts[0.75] <= 170
 
 
 def test_story_states_follow_the_generated_sentences():

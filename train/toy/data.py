@@ -53,10 +53,11 @@ def world_data_paths(root: str | Path) -> dict[str, Path]:
 
 def write_world_data(
     root: str | Path, seed: int = 0, num_pairs: int = 2000, num_stories: int = 600, num_qa: int = 2000,
-    num_instructions: int = 600, qa_two_shape_share: float = 0.5,
+    num_instructions: int = 600, qa_two_shape_share: float = 0.5, pair_two_shape_share: float = 0.5,
 ) -> dict[str, Path]:
     """Write every file under `root` (deterministic in `seed`); returns the paths by kind. `qa_two_shape_share` of
-    the Q&A pictures show two shapes (the rest one), whose questions need colour bound to shape and place."""
+    the Q&A pictures show two shapes (the rest one), whose questions need colour bound to shape and place;
+    `pair_two_shape_share` of the caption pairs do, whose pictures need each colour and shape drawn at its place."""
     root = Path(root)
     paths = world_data_paths(root)
     rng = np.random.default_rng(seed)
@@ -65,7 +66,7 @@ def write_world_data(
     pairs = paths["pairs"]
     pairs.mkdir(parents=True, exist_ok=True)
     for index in range(num_pairs):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, 2 if rng.random() < pair_two_shape_share else 1)
         render(scene).save(pairs / f"{index:06d}.png")
         (pairs / f"{index:06d}.txt").write_text(caption(scene))
 

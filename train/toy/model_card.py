@@ -80,6 +80,7 @@ Targets of the world: text-to-image colour >= 90%, shape >= 80%, position >= 80%
 |---|---|---:|---:|---:|---|
 {plan_rows}
 
+{pair_share} of the caption pairs and {qa_share} of the Q&A pictures show two shapes (the others one).
 {num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss with
 {noise_samples} noise draws per created image at timesteps drawn from [{min_timestep}, 1000) (where the loss depends
 on layout), lm/diffusion loss weights 1/1 (alignment) and 1/10 (I-GPT, SFT), as the paper.
@@ -109,7 +110,10 @@ def write_model_card(
     stage0_log: dict | None = None,
 ) -> Path:
     """Write `folder/README.md` from the run's scores table, timings and (optionally) stage 0's log."""
-    from train.toy.recipe import MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PLANS, SNR_GAMMA
+    from train.toy.recipe import (
+        MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PAIR_TWO_SHAPE_SHARE, PLANS, QA_TWO_SHAPE_SHARE,
+        SNR_GAMMA,
+    )
 
     if stage0_log and "stage0" not in seconds:  # a reused stage 0: the time it took when it was trained
         seconds = {"stage0": stage0_log["seconds"]["total"], **seconds}
@@ -125,6 +129,8 @@ def write_model_card(
         scale=f"{scale:g}",
         seconds=", ".join(f"{name} {value:.0f}" for name, value in seconds.items()),
         plan_rows="\n".join(rows),
+        pair_share=f"{PAIR_TWO_SHAPE_SHARE:.0%}",
+        qa_share=f"{QA_TWO_SHAPE_SHARE:.0%}",
         num_dream_queries=NUM_DREAM_QUERIES,
         snr_gamma=f"{SNR_GAMMA:g}",
         noise_samples=NOISE_SAMPLES_PER_IMAGE,

@@ -43,6 +43,9 @@ PLANS = {
                      batch_size=48),
 }
 QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
+# One-shape captions are drawn nearly always right and the stories already create one-shape pictures (three to four
+# per story), so every caption pair shows two shapes: in I-GPT that doubles the two-shape pictures created per step.
+PAIR_TWO_SHAPE_SHARE = 1.0
 NUM_DREAM_QUERIES = 16
 SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided
 # Noise draws per created image: the decoder is tiny next to the LLM's step, and the condition's gradient through
@@ -103,7 +106,8 @@ def write_world_files(output: Path, seed: int, scale: float) -> dict[str, Path]:
 
     counts = dict(num_pairs=2000, num_stories=600, num_qa=6000, num_instructions=600)
     sizes = {k: max(16, round(v * min(1.0, scale * 4))) for k, v in counts.items()}
-    return write_world_data(output / "data", seed=seed, qa_two_shape_share=QA_TWO_SHAPE_SHARE, **sizes)
+    return write_world_data(output / "data", seed=seed, qa_two_shape_share=QA_TWO_SHAPE_SHARE,
+                            pair_two_shape_share=PAIR_TWO_SHAPE_SHARE, **sizes)
 
 
 def plot_losses(losses: dict[str, list[dict]], path: Path) -> None:
