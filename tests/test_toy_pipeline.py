@@ -1,6 +1,7 @@
 """The shapes world's DreamLLM run: its training files, story scoring and the generated document page."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -91,7 +92,7 @@ class _Renderer:
 
     def __call__(self, captions, **_):
         scenes = [Scene(parse_caption(text).shapes[: self.keep]) for text in captions]
-        return type("Output", (), {"images": [render(scene) for scene in scenes]})()
+        return SimpleNamespace(images=[render(scene) for scene in scenes])
 
 
 def test_text_to_image_scores_two_shape_captions_apart():

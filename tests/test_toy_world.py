@@ -62,6 +62,15 @@ def test_scenes_are_valid():
     assert all(len(s.shapes) == 2 for s in scenes(0, 20, num_shapes=2))
 
 
+def test_two_shape_share_sets_how_often_a_scene_has_two_shapes():
+    rng = np.random.default_rng(0)
+    for share, low, high in ((0.0, 0, 0), (0.75, 130, 170), (1.0, 200, 200)):
+        count = sum(len(sample_scene(rng, two_shape_share=share).shapes) == 2 for _ in range(200))
+        assert low <= count <= high, (share, count)
+    with pytest.raises(ValueError, match="num_shapes or two_shape_share"):
+        sample_scene(rng, 1, two_shape_share=0.5)
+
+
 def test_judge_reads_every_rendered_scene_exactly():
     for scene in scenes(1, 200, 1) + scenes(2, 200, 2):
         found = sorted(d.attributes for d in judge(render(scene)))

@@ -66,7 +66,7 @@ def write_world_data(
     pairs = paths["pairs"]
     pairs.mkdir(parents=True, exist_ok=True)
     for index in range(num_pairs):
-        scene = sample_scene(rng, 2 if rng.random() < pair_two_shape_share else 1)
+        scene = sample_scene(rng, two_shape_share=pair_two_shape_share)
         render(scene).save(pairs / f"{index:06d}.png")
         (pairs / f"{index:06d}.txt").write_text(caption(scene))
 
@@ -75,7 +75,7 @@ def write_world_data(
 
     conversations = []
     for _ in range(num_qa):
-        scene = sample_scene(rng, 2 if rng.random() < qa_two_shape_share else 1)
+        scene = sample_scene(rng, two_shape_share=qa_two_shape_share)
         turns = []
         for index, (question, answer) in enumerate(sample_conversation(rng, scene)):
             turns += [{"from": "human", "value": f"<image>\n{question}" if index == 0 else question},

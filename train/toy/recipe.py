@@ -43,8 +43,8 @@ PLANS = {
                      batch_size=48),
 }
 QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
-# One-shape captions are drawn nearly always right and the stories already create one-shape pictures (three to four
-# per story), so every caption pair shows two shapes: in I-GPT that doubles the two-shape pictures created per step.
+# One-shape captions are drawn nearly always right and the stories already create one-shape pictures (three per
+# story), so every caption pair shows two shapes: in I-GPT that doubles the two-shape pictures created per step.
 PAIR_TWO_SHAPE_SHARE = 1.0
 NUM_DREAM_QUERIES = 16
 SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, where layout and colour are decided

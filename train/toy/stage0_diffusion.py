@@ -185,7 +185,7 @@ def _latent_set(vae: AutoencoderKL, text_encoder, tokenizer, seed: int, size: in
     rng = as_rng(seed + 31)
     latents, texts = [], []
     for start in range(0, size, 256):
-        scenes = [sample_scene(rng, 2 if rng.random() < PAIR_FRACTION else 1) for _ in range(min(256, size - start))]
+        scenes = [sample_scene(rng, two_shape_share=PAIR_FRACTION) for _ in range(min(256, size - start))]
         latents.append(vae.encode(_pixels(scenes)).latent_dist.mode() * vae.config.scaling_factor)
         texts.append(encode_text(text_encoder, tokenizer, [caption(s) for s in scenes]))
     return torch.cat(latents), torch.cat(texts)

@@ -161,11 +161,17 @@ def sample_attributes(rng: np.random.Generator, exclude_position: str | None = N
     return (_pick(rng, list(COLORS)), _pick(rng, SHAPES), _pick(rng, positions))
 
 
-def sample_scene(rng: np.random.Generator | int | None, num_shapes: int | None = None) -> Scene:
-    """A random scene of `num_shapes` (1 or 2; random when None) shapes; two shapes never share a position nor a
-    colour, so every question about them has one answer and a blurry picture never merges them."""
+def sample_scene(
+    rng: np.random.Generator | int | None, num_shapes: int | None = None, two_shape_share: float | None = None
+) -> Scene:
+    """A random scene of `num_shapes` (1 or 2) shapes; when None, two with probability `two_shape_share` (one or two
+    equally often when that is None too). Two shapes never share a position nor a colour, so every question about
+    them has one answer and a blurry picture never merges them."""
+    if num_shapes is not None and two_shape_share is not None:
+        raise ValueError("give num_shapes or two_shape_share, not both")
     rng = as_rng(rng)
-    num_shapes = num_shapes or int(rng.integers(1, 3))
+    if num_shapes is None:
+        num_shapes = int(rng.integers(1, 3)) if two_shape_share is None else 2 if rng.random() < two_shape_share else 1
     first = sample_attributes(rng)
     if num_shapes == 1:
         return place(rng, [first])
