@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from train.data import build_train_dataset
 from train.data.example_files import write_example_sources, write_mmc4
 from train.stages import build_trainer, main, parse_args
 
@@ -123,6 +124,28 @@ def test_gradient_reaches_queries_projector_and_llm_but_not_frozen_parts(tiny_fo
     assert all(p.grad is None for p in base.vision_tower.parameters())
     decoder = trainer.diffusion_loss
     assert all(p.grad is None for p in list(decoder.unet.parameters()) + list(decoder.vae.parameters()))
+
+
+def test_length_buckets_give_the_loss_and_gradients_of_one_padded_forward(tiny_folder, sources, tmp_path):
+    trainer = build_trainer(*parse_args(stage_argv("igpt", tiny_folder, tmp_path, [sources["mmc4"]],
+                                                   "--condition_drop_prob", "0")))
+    stories = build_train_dataset([str(sources["mmc4"])], trainer.processing_class)
+    pairs = build_train_dataset([str(sources["pairs"])], trainer.processing_class, creation_prob=1.0)
+    batch = trainer.data_collator([pairs[0], stories[0], pairs[1], stories[1]])  # ~30 and ~110 tokens
+    assert len(batch["length_buckets"]) == 2
+    model = trainer.model.train()
+    results = []
+    for inputs in (batch, {key: value for key, value in batch.items() if key != "length_buckets"}):
+        model.zero_grad()
+        torch.manual_seed(0)  # the same noise and timesteps for the diffusion term
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        results.append((loss.detach(), [param.grad.clone() for param in model.parameters() if param.grad is not None]))
+    (bucketed, bucketed_grads), (padded, padded_grads) = results
+    torch.testing.assert_close(bucketed, padded)
+    assert len(bucketed_grads) == len(padded_grads) > 0
+    for left, right in zip(bucketed_grads, padded_grads):
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-6)
 
 
 def test_condition_dropout_uses_the_null_condition(tiny_folder, sources, tmp_path, monkeypatch):

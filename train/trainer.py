@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
-from train.data.collator import DreamLLMDataCollator
+from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
 from train.diffusion_loss import DreamLLMDiffusionLoss
 
@@ -43,6 +43,9 @@ IGNORE_INDEX = -100
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
+# A batch's rows run in one forward pass per length bucket (a bucket ends where rows are at most this share of its
+# longest): short Q&A samples batched with long interleaved documents then skip the documents' padding.
+LENGTH_BUCKET_RATIO = 0.5
 
 
 # ------------------------------------------------------------------------------------------------ folder layout
@@ -113,13 +116,28 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous() for key, value in state.items()}
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, mean over the learned tokens of the whole batch (fp32). A batch without learned
-    tokens gives 0, not NaN, and no host sync is needed to tell."""
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy summed over the learned tokens (fp32), and their count."""
     shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total, (shift_labels != IGNORE_INDEX).sum()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over the learned tokens of the whole batch (fp32). A batch without learned
+    tokens gives 0, not NaN, and no host sync is needed to tell."""
+    total, count = causal_lm_loss_sum(logits, labels)
+    return total / count.clamp(min=1)
+
+
+def bucket_inputs(inputs: dict, bucket: LengthBucket) -> dict:
+    """The model inputs of one length bucket (`DreamLLMDataCollator(length_bucket_ratio=...)`), cut to its width."""
+    rows = slice(bucket.row_start, bucket.row_end)
+    sliced = {key: inputs[key][rows, : bucket.width] for key in ("input_ids", "attention_mask")}
+    if bucket.pixel_end > bucket.pixel_start:
+        sliced["pixel_values"] = inputs["pixel_values"][bucket.pixel_start : bucket.pixel_end]
+    return sliced
 
 
 class DreamLLMTrainer(SFTTrainer):
@@ -154,7 +172,9 @@ class DreamLLMTrainer(SFTTrainer):
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if data_collator is None:
-            data_collator = DreamLLMDataCollator(processing_class.tokenizer.pad_token_id, args.pad_to_multiple_of)
+            data_collator = DreamLLMDataCollator(
+                processing_class.tokenizer.pad_token_id, args.pad_to_multiple_of, LENGTH_BUCKET_RATIO
+            )
         super().__init__(
             model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
         )
@@ -212,12 +232,27 @@ class DreamLLMTrainer(SFTTrainer):
         data_counts = inputs.pop("data_counts", None)
         targets = inputs.pop("target_pixel_values", None)
         labels = inputs.pop("labels", None)
-        # The plain forward, not TRL's fused LM head: it is the forward that returns `condition_embeds`.
-        outputs = model(**inputs, use_cache=False)
+        buckets = inputs.pop("length_buckets", None)
+        # The plain forward, not TRL's fused LM head: it is the forward that returns `condition_embeds`. Rows of
+        # very different lengths run as length buckets, each without the longer rows' padding; their condition
+        # blocks come back in row order, which is the order of the targets.
+        if buckets is None or return_outputs:
+            forwards = [(model(**inputs, use_cache=False), labels)]
+        else:
+            forwards = [
+                (model(**bucket_inputs(inputs, bucket), use_cache=False),
+                 None if labels is None else labels[bucket.row_start : bucket.row_end, : bucket.width])
+                for bucket in buckets
+            ]
+        outputs = forwards[0][0]
         zero = torch.zeros((), device=outputs.logits.device)
         # A term weighted 0 is not computed at all (e.g. comprehension-only runs skip the UNet).
-        lm_loss = causal_lm_loss(outputs.logits, labels) if labels is not None and self.lm_loss_weight else zero
-        condition_embeds = outputs.condition_embeds if self.diffusion_loss_weight else None
+        lm_loss = zero
+        if labels is not None and self.lm_loss_weight:
+            sums, counts = zip(*(causal_lm_loss_sum(output.logits, rows) for output, rows in forwards))
+            lm_loss = torch.stack(sums).sum() / torch.stack(counts).sum().clamp(min=1)
+        conditions = [output.condition_embeds for output, _ in forwards if output.condition_embeds is not None]
+        condition_embeds = torch.cat(conditions) if conditions and self.diffusion_loss_weight else None
         targets = targets if self.diffusion_loss_weight else None
         null = None
         drop_prob = self.condition_drop_prob if model.training else 0.0

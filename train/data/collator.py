@@ -4,6 +4,10 @@
     batch = collator([dataset[0], dataset[1]])
     # input_ids, attention_mask, labels: (B, L); pixel_values: (num_comprehension_blocks, 3, h, w);
     # target_pixel_values: (num_creation_blocks, 3, H, W); data_counts: {"skipped_unreadable_image": 1, ...}
+
+With `length_bucket_ratio` the samples are sorted longest first and, when their lengths differ enough, the batch
+carries `length_buckets`: row ranges whose forward passes can each stop at their own width (see `LengthBucket`),
+so a short Q&A sample batched with a long picture story does not pay for the story's padding.
 """
 
 from __future__ import annotations
@@ -21,24 +25,69 @@ def _concat(samples: list[dict], key: str) -> torch.Tensor | None:
     return torch.cat(parts) if parts else None
 
 
+@dataclass(frozen=True)
+class LengthBucket:
+    """Rows `[row_start, row_end)` of a length-sorted batch, padded to `width` tokens; their comprehension images
+    are `pixel_values[pixel_start:pixel_end]` and their creation targets `target_pixel_values[target_start:
+    target_end]`. Plain ints, so slicing needs no host sync; not a tuple, so moving the batch to the device
+    leaves it as it is."""
+
+    row_start: int
+    row_end: int
+    width: int
+    pixel_start: int
+    pixel_end: int
+    target_start: int
+    target_end: int
+
+
+def _num_blocks(sample: dict, key: str) -> int:
+    return len(sample[key]) if sample.get(key) is not None else 0
+
+
 @dataclass
 class DreamLLMDataCollator:
     """Right padding (training); `pad_to_multiple_of` rounds the length up (tensor-core friendly shapes).
 
-    Sample order is kept, so `pixel_values` follow the comprehension blocks and `target_pixel_values` the creation
-    blocks of the batch in document order, which is the order of the model's `condition_embeds`.
+    `pixel_values` follow the comprehension blocks and `target_pixel_values` the creation blocks of the batch in
+    document order, which is the order of the model's `condition_embeds`. Sample order is kept, unless
+    `length_bucket_ratio` is set: then samples are sorted longest first, and a new bucket starts at the first sample
+    no longer than `length_bucket_ratio` times its bucket's longest (`length_buckets`, present when there are two
+    or more).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    length_bucket_ratio: float | None = None
+
+    def _padded(self, length: int) -> int:
+        if self.pad_to_multiple_of:
+            return -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
+
+    def _buckets(self, samples: list[dict]) -> list[LengthBucket]:
+        """Consecutive row ranges of the (length-sorted) `samples`, each with its own padded width."""
+        buckets, start, pixels, targets = [], 0, 0, 0
+        for row in range(1, len(samples) + 1):
+            if row < len(samples) and len(samples[row]["input_ids"]) > self.length_bucket_ratio * len(
+                samples[start]["input_ids"]
+            ):
+                continue
+            group = samples[start:row]
+            num_pixels = sum(_num_blocks(sample, "pixel_values") for sample in group)
+            num_targets = sum(_num_blocks(sample, "target_pixel_values") for sample in group)
+            width = self._padded(len(group[0]["input_ids"]))
+            buckets.append(LengthBucket(start, row, width, pixels, pixels + num_pixels, targets, targets + num_targets))
+            start, pixels, targets = row, pixels + num_pixels, targets + num_targets
+        return buckets
 
     def __call__(self, samples: list[dict]) -> dict:
         if not samples:
             raise ValueError("an empty batch")
+        if self.length_bucket_ratio is not None:
+            samples = sorted(samples, key=lambda sample: len(sample["input_ids"]), reverse=True)
         ids = [torch.as_tensor(sample["input_ids"], dtype=torch.long) for sample in samples]
-        width = max(len(row) for row in ids)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        width = self._padded(max(len(row) for row in ids))
         input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -55,7 +104,11 @@ class DreamLLMDataCollator:
         for sample in samples:
             counts.update(sample.get("data_counts") or {})
         batch["data_counts"] = dict(counts)
+        if self.length_bucket_ratio is not None:
+            buckets = self._buckets(samples)
+            if len(buckets) > 1:
+                batch["length_buckets"] = buckets
         return batch
 
 
-__all__ = ["DreamLLMDataCollator"]
+__all__ = ["DreamLLMDataCollator", "LengthBucket"]
