@@ -30,15 +30,18 @@ class StagePlan:
 
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
-# it gets most of the steps and most pairs are creation pairs; SFT then teaches the chat formats. A step's cost is
-# the decoder's, paid per created image, and a Q&A conversation costs far less: SFT fills a large batch with Q&A
-# (39 of 48) around six instructions and three other creation-bearing samples. Two-shape questions ("What color is
-# the circle?") need a two-step lookup that small batches leave stuck at chance (README, "binding"); large batches
-# learn it. Instructions keep the share of the batch they had at batch 24: with one in 16, stories stopped following
-# the change they were asked for.
+# it gets most of the steps and most pairs are creation pairs. I-GPT batches also carry 24 Q&A conversations around
+# the 12 stories and pairs: with the trainer's length buckets they add ~15% to a step, and the LLM learns to read
+# pictures and to steer the decoder together for the whole stage (README, "Q&A in I-GPT"). SFT then teaches the
+# chat formats. A step's cost is the decoder's, paid per created image, and a Q&A conversation costs far less: SFT
+# fills a large batch with Q&A (39 of 48) around six instructions and three other creation-bearing samples.
+# Two-shape questions ("What color is the circle?") need a two-step lookup that small batches leave stuck at chance
+# (README, "binding"); large batches learn it. Instructions keep the share of the batch they had at batch 24: with
+# one in 16, stories stopped following the change they were asked for.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
-    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("stories", "pairs"), creation_prob=0.8),
+    "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("qa:4", "stories", "pairs"), creation_prob=0.8,
+                      batch_size=36),
     "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:13", "instructions:2", "stories:0.5", "pairs:0.5"),
                      batch_size=48),
 }
