@@ -31,7 +31,7 @@ class StagePlan:
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
 # it gets most of the steps and most pairs are creation pairs. I-GPT batches also carry 24 Q&A conversations around
-# the 12 stories and pairs: with the trainer's length buckets they add ~15% to a step, and the LLM learns to read
+# the 12 stories and pairs: with the trainer's length buckets they add ~20% to a step, and the LLM learns to read
 # pictures and to steer the decoder together for the whole stage (README, "Q&A in I-GPT"). SFT then teaches the
 # chat formats. A step's cost is the decoder's, paid per created image, and a Q&A conversation costs far less: SFT
 # fills a large batch with Q&A (39 of 48) around six instructions and three other creation-bearing samples.
