@@ -43,7 +43,8 @@ def build(folder: Path, data_root: Path, batch_size: int):
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which is bypassed here
     # Documents and pairs alternate: a batch of mixed lengths, as a mixture of sources gives.
     stories, pairs = (build_train_dataset([str(path)], trainer.processing_class, creation_prob=1.0) for path in data)
-    samples = [(pairs if index % 2 else stories)[index // 2 % 3] for index in range(batch_size)]
+    alternating = [(stories, pairs)[index % 2] for index in range(batch_size)]
+    samples = [source[index // 2 % len(source)] for index, source in enumerate(alternating)]
     return trainer, trainer.data_collator(samples)
 
 

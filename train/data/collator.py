@@ -28,17 +28,15 @@ def _concat(samples: list[dict], key: str) -> torch.Tensor | None:
 @dataclass(frozen=True)
 class LengthBucket:
     """Rows `[row_start, row_end)` of a length-sorted batch, padded to `width` tokens; their comprehension images
-    are `pixel_values[pixel_start:pixel_end]` and their creation targets `target_pixel_values[target_start:
-    target_end]`. Plain ints, so slicing needs no host sync; not a tuple, so moving the batch to the device
-    leaves it as it is."""
+    are `pixel_values[pixel_start:pixel_end]`. Creation targets need no range: every bucket's condition blocks come
+    back in row order, so the concatenated conditions line up with `target_pixel_values` as they are. Plain ints,
+    so slicing needs no host sync; not a tuple, so moving the batch to the device leaves it as it is."""
 
     row_start: int
     row_end: int
     width: int
     pixel_start: int
     pixel_end: int
-    target_start: int
-    target_end: int
 
 
 def _num_blocks(sample: dict, key: str) -> int:
@@ -67,7 +65,7 @@ class DreamLLMDataCollator:
 
     def _buckets(self, samples: list[dict]) -> list[LengthBucket]:
         """Consecutive row ranges of the (length-sorted) `samples`, each with its own padded width."""
-        buckets, start, pixels, targets = [], 0, 0, 0
+        buckets, start, pixels = [], 0, 0
         for row in range(1, len(samples) + 1):
             if row < len(samples) and len(samples[row]["input_ids"]) > self.length_bucket_ratio * len(
                 samples[start]["input_ids"]
@@ -75,10 +73,9 @@ class DreamLLMDataCollator:
                 continue
             group = samples[start:row]
             num_pixels = sum(_num_blocks(sample, "pixel_values") for sample in group)
-            num_targets = sum(_num_blocks(sample, "target_pixel_values") for sample in group)
             width = self._padded(len(group[0]["input_ids"]))
-            buckets.append(LengthBucket(start, row, width, pixels, pixels + num_pixels, targets, targets + num_targets))
-            start, pixels, targets = row, pixels + num_pixels, targets + num_targets
+            buckets.append(LengthBucket(start, row, width, pixels, pixels + num_pixels))
+            start, pixels = row, pixels + num_pixels
         return buckets
 
     def __call__(self, samples: list[dict]) -> dict:
