@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from train.toy.stage0 import main
+from train.toy.stage0_clip import PATCH_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,8 @@ def test_folders_load_with_native_classes(stage0_dirs):
     log = json.loads((out / "stage0_log.json").read_text())
     for key in ("clip_loss", "vae_loss", "unet_loss", "lm_loss", "clip_zero_shot", "text_to_image", "seconds"):
         assert key in log
+    # The patch-level phase is part of the default stage 0 (DreamLLM reads CLIP's patches).
+    assert log["clip_patch_steps"] == PATCH_STEPS and log["clip_patch_loss"] and "clip_patch_accuracy" in log
 
 
 def test_lm_tokenizer_is_llama_like(stage0_dirs):

@@ -2,10 +2,10 @@
 libraries' classes and saved in their native formats (what real DreamLLM downloads).
 
     python -m train.toy.stage0 --output /tmp/toy_stage0 [--seed 0] [--steps-scale 1.0] [--threads N]
-                               [--clip-patch-steps 500]
+                               [--clip-patch-steps 3000]
 
 writes
-    clip/        CLIPModel (contrastive; patch-level too with --clip-patch-steps) + CLIPImageProcessor + tokenizer
+    clip/        CLIPModel (contrastive, then patch-level) + CLIPImageProcessor + tokenizer
                  (CLIPVisionModel.from_pretrained loads the vision tower)
     diffusion/   StableDiffusionPipeline folder: unet/ vae/ scheduler/ text_encoder/ tokenizer/ model_index.json
     lm/          LlamaForCausalLM + its word-level LLaMA-style tokenizer
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPTextModel
 
-from .stage0_clip import save_clip, train_clip, zero_shot
+from .stage0_clip import PATCH_STEPS, save_clip, train_clip, zero_shot
 from .stage0_common import scaled, timed
 from .stage0_diffusion import evaluate_pipeline, make_pipeline, train_unet, train_vae, vae_reconstruction_accuracy
 from .stage0_lm import save_lm, train_lm
@@ -36,9 +36,10 @@ def text_tower(clip: CLIPModel) -> CLIPTextModel:
     return text_encoder.eval().requires_grad_(False)
 
 
-def run(output: Path, seed: int = 0, steps_scale: float = 1.0, clip_patch_steps: int = 0) -> dict:
+def run(output: Path, seed: int = 0, steps_scale: float = 1.0, clip_patch_steps: int = PATCH_STEPS) -> dict:
     """Train and save every component under `output`; returns the log (also written to stage0_log.json).
-    `clip_patch_steps` > 0 adds CLIP's patch-level phase (`stage0_clip_patches`); it leaves the decoder unchanged."""
+    `clip_patch_steps` is the length of CLIP's patch-level phase (`stage0_clip_patches`; 0 skips it); the phase
+    trains the vision tower alone, so it leaves the decoder unchanged."""
     output.mkdir(parents=True, exist_ok=True)
     log: dict = {"seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads(), "seconds": {}}
     log["clip_patch_steps"] = clip_patch_steps
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
-        "--clip-patch-steps", type=int, default=0,
-        help="steps of CLIP's patch-level phase (default 0: off; 500 and 3000 are measured in the README)",
+        "--clip-patch-steps", type=int, default=PATCH_STEPS,
+        help=f"steps of CLIP's patch-level phase (default {PATCH_STEPS}; 0 skips it; the README measures 0, 500, 3000)",
     )
     args = parser.parse_args(argv)
     if args.threads:

@@ -36,6 +36,9 @@ STEPS = 1200
 BATCH = 32  # small batches, many steps: what trains fastest per CPU second here
 LR = 1e-3
 POSITION_INIT_STD = 0.5
+# The patch-level phase (`stage0_clip_patches`): DreamLLM reads patches, which contrastive training alone leaves
+# unsure what shape they belong to. 3,000 steps make every patch of a shape readable (README, "patch-level CLIP").
+PATCH_STEPS = 3000
 
 
 def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
@@ -140,10 +143,10 @@ def _train_phase(
 
 
 def train_clip(
-    seed: int, steps_scale: float, log: dict, patch_steps: int = 0
+    seed: int, steps_scale: float, log: dict, patch_steps: int = PATCH_STEPS
 ) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
-    """Contrastive training from scratch, then `patch_steps` of the patch-level phase (none by default). Loss curves
-    go to log['clip_loss'] and log['clip_patch_loss']."""
+    """Contrastive training from scratch, then `patch_steps` of the patch-level phase (0 skips it). Loss curves go
+    to log['clip_loss'] and log['clip_patch_loss']."""
     model, tokenizer = train_contrastive(seed, steps_scale, log)
     if patch_steps > 0:
         model = align_patches(model, tokenizer, seed, steps_scale, log, steps=patch_steps)

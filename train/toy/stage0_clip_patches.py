@@ -1,14 +1,14 @@
-"""Stage 0, part 1b: the dense (patch-level) objective of the small CLIP's optional second training phase.
+"""Stage 0, part 1b: the dense (patch-level) objective of the small CLIP's second training phase.
 
 DreamLLM reads CLIP's penultimate-layer *patches*, not its pooled embedding. A real ViT-L/14's patches carry what the
 object under them is (the reason patch features segment zero-shot); this world's tiny CLIP, trained only on pooled
 embeddings, barely does: a linear probe reads the shape kind of the object under a patch at 60% (43% chance). The
-phase (`python -m train.toy.stage0 --clip-patch-steps 500`) keeps the contrastive loss and adds a dense one: from the
+phase (`--clip-patch-steps`, 3000 by default) keeps the contrastive loss and adds a dense one: from the
 features DreamLLM reads, a throwaway linear head predicts each patch's object (colour, kind, position, or
 background). After 500 steps the probe reads 78%; after 3000 the head reads every held-out patch of a shape right.
 The text tower is frozen, so the decoder's conditioning (trained on it in stage 0) does not depend on this phase.
-Its effect on DreamLLM, measured in the README, is why it is off by default: a little understanding for a lot of
-drawing.
+With it, DreamLLM answers every held-out question right (90.7% without); its cost to drawing is measured in the
+README.
 """
 
 from __future__ import annotations
