@@ -34,16 +34,17 @@ class StagePlan:
 # the 12 stories and pairs: with the trainer's length buckets they add ~20% to a step, and the LLM learns to read
 # pictures and to steer the decoder together for the whole stage (README, "Q&A in I-GPT"). SFT then teaches the
 # chat formats. A step's cost is the decoder's, paid per created image, and a Q&A conversation costs far less: SFT
-# fills a large batch with Q&A (39 of 48) around six instructions and three other creation-bearing samples.
+# fills a large batch with Q&A (39 of 56) around six instructions, and keeps drawing with 9 caption pairs (1.5 took
+# text-to-image 4-5 points lower on colour and shape, README "More caption pairs in SFT") and 1.5 stories.
 # Two-shape questions ("What color is the circle?") need a two-step lookup that small batches leave stuck at chance
-# (README, "binding"); large batches learn it. Instructions keep the share of the batch they had at batch 24: with
+# (README, "binding"); large batches learn it. Instructions keep about one sample in eight: with
 # one in 16, stories stopped following the change they were asked for.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
     "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("qa:4", "stories", "pairs"), creation_prob=0.8,
                       batch_size=36),
-    "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:13", "instructions:2", "stories:0.5", "pairs:0.5"),
-                     batch_size=48),
+    "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:13", "instructions:2", "stories:0.5", "pairs:3"),
+                     batch_size=56),
 }
 QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
 # One-shape captions are drawn nearly always right and the stories already create one-shape pictures (three per
