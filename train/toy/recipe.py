@@ -37,7 +37,7 @@ class StagePlan:
 # fills a large batch with Q&A (39 of 56) around six instructions, and keeps drawing with 9 caption pairs (1.5 took
 # text-to-image 4-5 points lower on colour and shape, README "More caption pairs in SFT") and 1.5 stories.
 # Two-shape questions ("What color is the circle?") need a two-step lookup that small batches leave stuck at chance
-# (README, "binding"); large batches learn it. Instructions keep about one sample in eight: with
+# (README, "binding"); large batches learn it. Instructions keep six per batch (one sample in nine): with
 # one in 16, stories stopped following the change they were asked for.
 PLANS = {
     "alignment": StagePlan(steps=300, learning_rate=2e-3, data=("pairs",)),
