@@ -165,7 +165,7 @@ def train_contrastive(seed: int, steps_scale: float, log: dict) -> tuple[CLIPMod
 
 
 def align_patches(
-    model: CLIPModel, tokenizer, seed: int, steps_scale: float, log: dict, steps: int = 500
+    model: CLIPModel, tokenizer, seed: int, steps_scale: float, log: dict, steps: int = PATCH_STEPS
 ) -> CLIPModel:
     """The patch-level phase (`stage0_clip_patches`): vision tower only. The decoder is conditioned on the text tower,
     so that is frozen and comes out unchanged. The dense head's held-out accuracy goes to log['clip_patch_accuracy']."""
