@@ -34,8 +34,9 @@ class StagePlan:
 # the 12 stories and pairs: with the trainer's length buckets they add ~20% to a step, and the LLM learns to read
 # pictures and to steer the decoder together for the whole stage (README, "Q&A in I-GPT"). SFT then teaches the
 # chat formats. A step's cost is the decoder's, paid per created image, and a Q&A conversation costs far less: SFT
-# fills a large batch with Q&A (39 of 56) around six instructions, and keeps drawing with 9 caption pairs (1.5 took
-# text-to-image 4-5 points lower on colour and shape, README "More caption pairs in SFT") and 1.5 stories.
+# fills a large batch with Q&A (39 of 56) around six instructions, and keeps drawing with 9 caption pairs, every one a
+# creation sample (1.5 pairs took text-to-image 4-5 points lower on colour and shape, and half of 9 took two-shape
+# colour 7 points lower: README "More caption pairs in SFT"), and 1.5 stories.
 # Two-shape questions ("What color is the circle?") need a two-step lookup that small batches leave stuck at chance
 # (README, "binding"); large batches learn it. Instructions keep six per batch (one sample in nine): with
 # one in 16, stories stopped following the change they were asked for.
@@ -44,7 +45,7 @@ PLANS = {
     "igpt": StagePlan(steps=1500, learning_rate=1e-3, data=("qa:4", "stories", "pairs"), creation_prob=0.8,
                       batch_size=36),
     "sft": StagePlan(steps=600, learning_rate=1e-3, data=("qa:13", "instructions:2", "stories:0.5", "pairs:3"),
-                     batch_size=56),
+                     creation_prob=1.0, batch_size=56),
 }
 QA_TWO_SHAPE_SHARE = 0.75  # one-shape questions are easy; the Q&A pictures lean on the two-shape ones
 # One-shape captions are drawn nearly always right and the stories already create one-shape pictures (three per

@@ -3,7 +3,7 @@ only, or on creation only, from the same assembled model and stage-0 parts.
 
     python -m train.toy synergy --run runs/toy     # reuses runs/toy/{stage0,data,assembled} and its joint scores
 
-- joint: `PLANS` as the main run (pairs half creation, stories, Q&A, instructions);
+- joint: `PLANS` as the main run (pairs for creation and captioning, stories, Q&A, instructions);
 - comprehension-only: every image is an input (pairs as captioning, Q&A); no creation blocks, no diffusion loss;
 - creation-only: every image is created (pairs as text-to-image, stories, instructions); no Q&A.
 
