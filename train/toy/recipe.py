@@ -35,8 +35,8 @@ class StagePlan:
 # pictures and to steer the decoder together for the whole stage (README, "Q&A in I-GPT"). SFT then teaches the
 # chat formats. A step's cost is the decoder's, paid per created image, and a Q&A conversation costs far less: SFT
 # fills a large batch with Q&A (39 of 56) around six instructions, and keeps drawing with 9 caption pairs, every one a
-# creation sample (1.5 pairs took text-to-image 4-5 points lower on colour and shape, and half of 9 took two-shape
-# colour 7 points lower: README "More caption pairs in SFT"), and 1.5 stories.
+# creation sample (1.5 pairs took text-to-image 4-5 points lower on colour and shape; drawing half of the 9 took
+# colour 4 points lower on seed 0 and 1 point higher on seed 1: README "More caption pairs in SFT"), and 1.5 stories.
 # Two-shape questions ("What color is the circle?") need a two-step lookup that small batches leave stuck at chance
 # (README, "binding"); large batches learn it. Instructions keep six per batch (one sample in nine): with
 # one in 16, stories stopped following the change they were asked for.
