@@ -109,3 +109,31 @@ def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
                for name in ("color", "shape", "position"))
     lines = sensitivity_table(rows).splitlines()
     assert lines[0].startswith("| timesteps |") and lines[2].startswith("| 0-499 |") and len(lines) == 4
+
+
+
+def test_condition_comparison_scores_dreamllm_against_the_decoders_text_tower(toy_run):
+    from diffusers import StableDiffusionPipeline
+
+    from pipeline_dreamllm import DreamLLMPipeline
+    from train.toy.probe import comparison_table, condition_comparison
+    from train.toy.stage0_diffusion import encode_text
+
+    pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")
+    dreamllm = DreamLLMPipeline.from_pretrained(toy_run / "sft")
+    rows = condition_comparison(pipeline, dreamllm, num_scenes=4, num_bands=2, draws=1)
+    assert [row["timesteps"] for row in rows] == [(0, 500), (500, 1000)]
+    assert all(row["text"] > 0 and row["dreamllm"] > 0 for row in rows)
+    lines = comparison_table(rows).splitlines()
+    assert lines[0].startswith("| timesteps |") and lines[2].startswith("| 0-499 |") and len(lines) == 4
+    # Paired: a DreamLLM whose conditions were the text tower's scores exactly as the text tower does.
+    def text_tower_conditions(prompts, device, num_images_per_prompt, do_classifier_free_guidance):
+        return encode_text(pipeline.text_encoder, pipeline.tokenizer, prompts), None
+
+    dreamllm.encode_prompt = text_tower_conditions
+    for row in condition_comparison(pipeline, dreamllm, num_scenes=4, num_bands=2, draws=1):
+        assert (row["dreamllm"], row["dreamllm_swap"]) == (row["text"], row["text_swap"])
+    with torch.no_grad():
+        dreamllm.unet.conv_in.bias.add_(1.0)
+    with pytest.raises(ValueError, match="UNet is not this Stable Diffusion folder's"):
+        condition_comparison(pipeline, dreamllm, num_scenes=4, num_bands=2, draws=1)

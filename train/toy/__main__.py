@@ -6,6 +6,7 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only
     python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
+    python -m train.toy probe runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # its conditions vs the text tower's
     python -m train.toy binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
@@ -43,12 +44,20 @@ def main(argv: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog="python -m train.toy probe", description="per timestep band, how much "
                                          "the decoder's loss rises when one caption attribute is wrong")
         parser.add_argument("diffusion", type=Path, help="a stage-0 Stable Diffusion folder (DIR/stage0/diffusion)")
+        parser.add_argument("--dreamllm", type=Path, default=None, help="a DreamLLM folder on that decoder "
+                            "(DIR/sft): compare its conditions with the text tower's on two-shape pictures")
         args = parser.parse_args(argv[1:])
         from diffusers import StableDiffusionPipeline
 
-        from train.toy.probe import sensitivity_table, timestep_sensitivity
+        from train.toy.probe import comparison_table, condition_comparison, sensitivity_table, timestep_sensitivity
 
-        print(sensitivity_table(timestep_sensitivity(StableDiffusionPipeline.from_pretrained(args.diffusion))))
+        pipeline = StableDiffusionPipeline.from_pretrained(args.diffusion)
+        if args.dreamllm is None:
+            print(sensitivity_table(timestep_sensitivity(pipeline)))
+        else:
+            from pipeline_dreamllm import DreamLLMPipeline
+
+            print(comparison_table(condition_comparison(pipeline, DreamLLMPipeline.from_pretrained(args.dreamllm))))
         return
     if argv[:1] == ["binding"]:
         parser = argparse.ArgumentParser(prog="python -m train.toy binding", description="train a fresh world-sized "

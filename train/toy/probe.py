@@ -1,11 +1,14 @@
 """Where in the noise schedule a decoder's loss depends on each caption attribute: for pictures of one shape, the
 noise-prediction loss under the true caption's condition against a caption with one attribute changed, per
-timestep band. Only where the gap is large can the diffusion loss teach DreamLLM that attribute.
+timestep band. Only where the gap is large can the diffusion loss teach DreamLLM that attribute. With a DreamLLM
+folder on that decoder, the same for two-shape pictures under the decoder's own text condition and DreamLLM's: how
+close DreamLLM's conditions come to the text tower's, and whether they keep each colour on its shape.
 
-    python -m train.toy probe runs/toy/stage0/diffusion
+    python -m train.toy probe runs/toy/stage0/diffusion [--dreamllm runs/toy/sft]
 
-    from train.toy.probe import timestep_sensitivity
+    from train.toy.probe import condition_comparison, timestep_sensitivity
     rows = timestep_sensitivity(pipeline)   # [{'timesteps': (0, 100), 'loss': 0.055, 'color': 0.11, ...}, ...]
+    rows = condition_comparison(pipeline, dreamllm_pipe)  # [{'timesteps': (0, 100), 'text': 0.060, ...}, ...]
 """
 
 from __future__ import annotations
@@ -39,22 +42,64 @@ def timestep_sensitivity(
     texts = {"true": [caption(scene) for scene in scenes]}
     texts |= {name: [caption(_changed(scene, name, rng)) for scene in scenes] for name in ATTRIBUTES}
     conditions = {name: encode_text(pipeline.text_encoder, pipeline.tokenizer, batch) for name, batch in texts.items()}
-    total = pipeline.scheduler.config.num_train_timesteps
+    losses = _band_losses({name: (pipeline.unet, c) for name, c in conditions.items()}, latents, pipeline.scheduler,
+                          num_bands, draws, seed)
+    return [{"timesteps": band, "loss": row["true"]} | {name: row[name] - row["true"] for name in ATTRIBUTES}
+            for band, row in losses]
+
+
+def _band_losses(conditioned: dict, latents: torch.Tensor, scheduler, num_bands: int, draws: int, seed: int):
+    """[(band, {name: mean noise-prediction loss})] for each `name: (unet, condition)`, every name under the same
+    noise and timesteps."""
+    total = scheduler.config.num_train_timesteps
     rows = []
     for band in range(num_bands):
         low, high = band * total // num_bands, (band + 1) * total // num_bands
         generator = torch.Generator().manual_seed(seed + band)
-        losses = dict.fromkeys(conditions, 0.0)
+        losses = dict.fromkeys(conditioned, 0.0)
         for _ in range(draws):
             noise = torch.randn(latents.shape, generator=generator)
-            timesteps = torch.randint(low, high, (num_scenes,), generator=generator)
-            noisy = pipeline.scheduler.add_noise(latents, noise, timesteps)
-            for name, condition in conditions.items():
-                prediction = pipeline.unet(noisy, timesteps, condition).sample
+            timesteps = torch.randint(low, high, (len(latents),), generator=generator)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            for name, (unet, condition) in conditioned.items():
+                prediction = unet(noisy, timesteps, condition).sample
                 losses[name] += torch.nn.functional.mse_loss(prediction, noise).item() / draws
-        rows.append({"timesteps": (low, high), "loss": losses["true"]}
-                    | {name: losses[name] - losses["true"] for name in ATTRIBUTES})
+        rows.append(((low, high), losses))
     return rows
+
+
+def _colours_swapped(scene: Scene) -> Scene:
+    first, second = scene.shapes
+    return Scene((replace(first, color=second.color), replace(second, color=first.color)))
+
+
+@torch.no_grad()
+def condition_comparison(
+    pipeline: StableDiffusionPipeline, dreamllm, num_scenes: int = 96, num_bands: int = 10, draws: int = 4,
+    seed: int = 6,
+) -> list[dict]:
+    """Per timestep band, on two-shape pictures: the decoder's loss under its own CLIP text condition (`text`) and
+    under the condition a `DreamLLMPipeline` built on the same decoder makes of the same caption (`dreamllm`), and
+    how much each rises when the caption swaps the two shapes' colours (`*_swap`; paired, as in
+    `timestep_sensitivity`)."""
+    decoder, theirs = pipeline.unet.state_dict(), dreamllm.unet.state_dict()
+    if decoder.keys() != theirs.keys() or not all(torch.equal(value, theirs[key]) for key, value in decoder.items()):
+        raise ValueError("the DreamLLM folder's UNet is not this Stable Diffusion folder's: losses would not compare")
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, 2) for _ in range(num_scenes)]
+    pixels = render_batch(scenes) * 2 - 1
+    latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+    texts = {"true": [caption(scene) for scene in scenes], "swap": [caption(_colours_swapped(s)) for s in scenes]}
+    conditioned = {}
+    for name, batch in texts.items():
+        conditioned[f"text_{name}"] = (pipeline.unet, encode_text(pipeline.text_encoder, pipeline.tokenizer, batch))
+        condition, _ = dreamllm.encode_prompt(batch, dreamllm.device, 1, do_classifier_free_guidance=False)
+        conditioned[f"dreamllm_{name}"] = (dreamllm.unet, condition)
+    return [
+        {"timesteps": band, "text": row["text_true"], "text_swap": row["text_swap"] - row["text_true"],
+         "dreamllm": row["dreamllm_true"], "dreamllm_swap": row["dreamllm_swap"] - row["dreamllm_true"]}
+        for band, row in _band_losses(conditioned, latents, pipeline.scheduler, num_bands, draws, seed)
+    ]
 
 
 def sensitivity_table(rows: list[dict]) -> str:
@@ -64,4 +109,14 @@ def sensitivity_table(rows: list[dict]) -> str:
         low, high = row["timesteps"]
         gaps = " | ".join(f"{row[name]:+.4f}" for name in ATTRIBUTES)
         lines.append(f"| {low}-{high - 1} | {row['loss']:.4f} | {gaps} |")
+    return "\n".join(lines)
+
+
+def comparison_table(rows: list[dict]) -> str:
+    lines = ["| timesteps | loss, text tower | + colours swapped | loss, DreamLLM | + colours swapped |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        low, high = row["timesteps"]
+        lines.append(f"| {low}-{high - 1} | {row['text']:.4f} | {row['text_swap']:+.4f} | {row['dreamllm']:.4f} | "
+                     f"{row['dreamllm_swap']:+.4f} |")
     return "\n".join(lines)
