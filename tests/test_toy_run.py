@@ -111,7 +111,6 @@ def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
     assert lines[0].startswith("| timesteps |") and lines[2].startswith("| 0-499 |") and len(lines) == 4
 
 
-
 def test_condition_comparison_scores_dreamllm_against_the_decoders_text_tower(toy_run):
     from diffusers import StableDiffusionPipeline
 

@@ -37,32 +37,39 @@ def timestep_sensitivity(
     (the same noise and timesteps for every caption, so the gaps are paired differences)."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, 1) for _ in range(num_scenes)]
-    pixels = render_batch(scenes) * 2 - 1
-    latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+    latents = _latents(pipeline, scenes)
     texts = {"true": [caption(scene) for scene in scenes]}
     texts |= {name: [caption(_changed(scene, name, rng)) for scene in scenes] for name in ATTRIBUTES}
     conditions = {name: encode_text(pipeline.text_encoder, pipeline.tokenizer, batch) for name, batch in texts.items()}
-    losses = _band_losses({name: (pipeline.unet, c) for name, c in conditions.items()}, latents, pipeline.scheduler,
-                          num_bands, draws, seed)
+    losses = _band_losses(pipeline, conditions, latents, num_bands, draws, seed)
     return [{"timesteps": band, "loss": row["true"]} | {name: row[name] - row["true"] for name in ATTRIBUTES}
             for band, row in losses]
 
 
-def _band_losses(conditioned: dict, latents: torch.Tensor, scheduler, num_bands: int, draws: int, seed: int):
-    """[(band, {name: mean noise-prediction loss})] for each `name: (unet, condition)`, every name under the same
-    noise and timesteps."""
+def _latents(pipeline: StableDiffusionPipeline, scenes: list[Scene]) -> torch.Tensor:
+    """The scenes' pictures as the decoder's scaled latents (posterior means)."""
+    pixels = render_batch(scenes) * 2 - 1
+    return pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+
+
+def _band_losses(
+    pipeline: StableDiffusionPipeline, conditions: dict, latents: torch.Tensor, num_bands: int, draws: int, seed: int
+) -> list[tuple[tuple[int, int], dict[str, float]]]:
+    """[(band, {name: mean noise-prediction loss})] for each `name: condition`, every name under the same noise and
+    timesteps."""
+    scheduler = pipeline.scheduler
     total = scheduler.config.num_train_timesteps
     rows = []
     for band in range(num_bands):
         low, high = band * total // num_bands, (band + 1) * total // num_bands
         generator = torch.Generator().manual_seed(seed + band)
-        losses = dict.fromkeys(conditioned, 0.0)
+        losses = dict.fromkeys(conditions, 0.0)
         for _ in range(draws):
             noise = torch.randn(latents.shape, generator=generator)
             timesteps = torch.randint(low, high, (len(latents),), generator=generator)
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            for name, (unet, condition) in conditioned.items():
-                prediction = unet(noisy, timesteps, condition).sample
+            for name, condition in conditions.items():
+                prediction = pipeline.unet(noisy, timesteps, condition).sample
                 losses[name] += torch.nn.functional.mse_loss(prediction, noise).item() / draws
         rows.append(((low, high), losses))
     return rows
@@ -81,24 +88,24 @@ def condition_comparison(
     """Per timestep band, on two-shape pictures: the decoder's loss under its own CLIP text condition (`text`) and
     under the condition a `DreamLLMPipeline` built on the same decoder makes of the same caption (`dreamllm`), and
     how much each rises when the caption swaps the two shapes' colours (`*_swap`; paired, as in
-    `timestep_sensitivity`)."""
+    `timestep_sensitivity`). Both run through `pipeline`'s UNet, which must be the DreamLLM's."""
     decoder, theirs = pipeline.unet.state_dict(), dreamllm.unet.state_dict()
     if decoder.keys() != theirs.keys() or not all(torch.equal(value, theirs[key]) for key, value in decoder.items()):
         raise ValueError("the DreamLLM folder's UNet is not this Stable Diffusion folder's: losses would not compare")
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, 2) for _ in range(num_scenes)]
-    pixels = render_batch(scenes) * 2 - 1
-    latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+    latents = _latents(pipeline, scenes)
     texts = {"true": [caption(scene) for scene in scenes], "swap": [caption(_colours_swapped(s)) for s in scenes]}
-    conditioned = {}
+    conditions = {}
     for name, batch in texts.items():
-        conditioned[f"text_{name}"] = (pipeline.unet, encode_text(pipeline.text_encoder, pipeline.tokenizer, batch))
-        condition, _ = dreamllm.encode_prompt(batch, dreamllm.device, 1, do_classifier_free_guidance=False)
-        conditioned[f"dreamllm_{name}"] = (dreamllm.unet, condition)
+        conditions[f"text_{name}"] = encode_text(pipeline.text_encoder, pipeline.tokenizer, batch)
+        conditions[f"dreamllm_{name}"], _ = dreamllm.encode_prompt(
+            batch, dreamllm.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
     return [
         {"timesteps": band, "text": row["text_true"], "text_swap": row["text_swap"] - row["text_true"],
          "dreamllm": row["dreamllm_true"], "dreamllm_swap": row["dreamllm_swap"] - row["dreamllm_true"]}
-        for band, row in _band_losses(conditioned, latents, pipeline.scheduler, num_bands, draws, seed)
+        for band, row in _band_losses(pipeline, conditions, latents, num_bands, draws, seed)
     ]
 
 
