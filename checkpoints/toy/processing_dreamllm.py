@@ -4,7 +4,6 @@ inputs, diffusion targets and LM labels."""
 import re
 from dataclasses import dataclass, field
 
-import torch
 from transformers import BatchFeature, ProcessorMixin
 
 try:
