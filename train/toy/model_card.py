@@ -76,14 +76,14 @@ Targets of the world: text-to-image colour >= 90%, shape >= 80%, position >= 80%
 `python -m train.toy --output runs/toy --seed {seed} --scale {scale}` on 2 CPU cores, wall time per part (s):
 {seconds}.
 
-| stage | trained | steps | batch | lr | data |
-|---|---|---:|---:|---:|---|
+| stage | trained | steps | batch | lr | noise draws per created image | data |
+|---|---|---:|---:|---:|---:|---|
 {plan_rows}
 
 {pair_share} of the caption pairs and {qa_share} of the Q&A pictures show two shapes (the others one).
-{num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss with
-{noise_samples} noise draws per created image at timesteps drawn from [{min_timestep}, 1000) (where the loss depends
-on layout), lm/diffusion loss weights 1/1 (alignment) and 1/10 (I-GPT, SFT), as the paper.
+{num_dream_queries} dream queries, Min-SNR-{snr_gamma} weighting of the diffusion loss at timesteps drawn from
+[{min_timestep}, 1000) (where the loss depends on layout), lm/diffusion loss weights 1/1 (alignment) and 1/10
+(I-GPT, SFT), as the paper.
 """
 
 TRAINED = {"alignment": "projectors, dream queries", "igpt": "+ the LLM", "sft": "+ the LLM"}
@@ -111,7 +111,7 @@ def write_model_card(
 ) -> Path:
     """Write `folder/README.md` from the run's scores table, timings and (optionally) stage 0's log."""
     from train.toy.recipe import (
-        MIN_TIMESTEP, NOISE_SAMPLES_PER_IMAGE, NUM_DREAM_QUERIES, PAIR_TWO_SHAPE_SHARE, PLANS, QA_TWO_SHAPE_SHARE,
+        MIN_TIMESTEP, NUM_DREAM_QUERIES, PAIR_TWO_SHAPE_SHARE, PLANS, QA_TWO_SHAPE_SHARE,
         SNR_GAMMA,
     )
 
@@ -120,7 +120,8 @@ def write_model_card(
     rows = []
     for stage, plan in PLANS.items():
         data = ", ".join(plan.data) + f" (pairs {plan.creation_prob:.0%} creation)"
-        cells = (stage, TRAINED[stage], round(plan.steps * scale), plan.batch_size, f"{plan.learning_rate:g}", data)
+        cells = (stage, TRAINED[stage], round(plan.steps * scale), plan.batch_size, f"{plan.learning_rate:g}",
+                 plan.noise_samples_per_image, data)
         rows.append("| " + " | ".join(map(str, cells)) + " |")
     card = CARD_TEMPLATE.format(
         size_line=_size_line(folder),
@@ -133,7 +134,6 @@ def write_model_card(
         qa_share=f"{QA_TWO_SHAPE_SHARE:.0%}",
         num_dream_queries=NUM_DREAM_QUERIES,
         snr_gamma=f"{SNR_GAMMA:g}",
-        noise_samples=NOISE_SAMPLES_PER_IMAGE,
         min_timestep=MIN_TIMESTEP,
         decoder_line=_decoder_line(stage0_log),
     )
