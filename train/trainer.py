@@ -34,12 +34,12 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
+from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
 from train.diffusion_loss import DreamLLMDiffusionLoss
 
-IGNORE_INDEX = -100
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
