@@ -141,3 +141,17 @@ def test_bad_text_and_lengths_are_clear_errors(processor):
         processor(text="a red circle", padding_side="middle")
     one = processor(text="a red circle", max_length=1, return_labels=True)  # room for `</s>` only
     assert one["input_ids"][0].tolist() == [processor.eos_token_id] and one["labels"][0].tolist() != [IGNORE_INDEX]
+
+
+def test_loading_picks_the_pil_backend_without_a_fallback_warning(tiny_folder):
+    import subprocess
+    import sys
+
+    script = (
+        "from transformers import AutoProcessor\n"
+        f"p = AutoProcessor.from_pretrained({str(tiny_folder)!r}, trust_remote_code=True)\n"
+        "print(type(p.image_processor).__name__, type(p.diffusion_image_processor).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["CLIPImageProcessorPil", "CLIPImageProcessorPil"]
+    assert "requires torchvision" not in result.stderr
