@@ -129,7 +129,10 @@ def assemble(
     model.model.vision_tower = vision_tower.requires_grad_(False)
     _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=config.special_token_ids,  # plain `generate` writes text only
     )
 
     processor = DreamLLMProcessor(
