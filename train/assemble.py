@@ -9,7 +9,6 @@ model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion 
 """
 
 import argparse
-import contextlib
 import json
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from transformers.image_utils import PILImageResampling
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import DreamLLMProcessor
+from train.folders import staged_folder
 
 # The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
 ADDED_TOKENS = ["<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>", "<dream_end>"]
@@ -150,21 +150,6 @@ def assemble(
             shutil.copytree(diffusion / name, staging / name)
         write_pipeline_files(staging)
     return output
-
-
-@contextlib.contextmanager
-def staged_folder(output: Path):
-    """Yield a hidden sibling of `output` to write into; it becomes `output` only when the block completes, and is
-    removed when it fails, so a folder is complete or absent."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp makes it private
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_pipeline_files(folder: Path) -> None:

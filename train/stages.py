@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,17 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, TrlParser
 
 from configuration_dreamllm import SPECIAL_TOKENS
 from modeling_dreamllm import DreamLLMForCausalLM
 from processing_dreamllm import DreamLLMProcessor
 from train.assemble import register_auto_classes
+from train.checkpoints import check_model_folder
 from train.data import build_train_dataset
 from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.errors import InputError
 from train.trainer import DreamLLMTrainer
 
 logger = logging.getLogger(__name__)
@@ -102,6 +105,13 @@ class DreamLLMArguments:
         default_factory=list,
         metadata={"action": ReplaceThenExtend, "help": "PATH[:WEIGHT], repeatable: pairs, .tar, .jsonl/.json, hf"},
     )
+    image_folder: list[str] = field(
+        default_factory=list,
+        metadata={"action": ReplaceThenExtend, "help": "folder data records may name images in, repeatable"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start afresh in an --output_dir that holds another run (its checkpoints go)"}
+    )
     streaming: bool = field(default=False, metadata={"help": "read sources sequentially (for very large shards)"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "shuffle buffer of streamed data"})
     creation_prob: float = field(default=0.5, metadata={"help": "share of image-text pairs used for creation"})
@@ -131,8 +141,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DreamLLMArguments, SFTCon
     if stage is None and "--config" in argv:
         import yaml
 
-        with open(argv[argv.index("--config") + 1]) as handle:
-            stage = (yaml.safe_load(handle) or {}).get("stage")
+        path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
+        try:
+            with open(path) as handle:
+                stage = (yaml.safe_load(handle) or {}).get("stage")
+        except (OSError, yaml.YAMLError, AttributeError) as error:
+            raise InputError(f"--config {path}: not a readable YAML mapping ({error})") from error
     stage = stage or "sft"
     preset = STAGES[stage]
     parser = TrlParser((DreamLLMArguments, SFTConfig))
@@ -199,10 +213,49 @@ def zero3_init_disabled():
 
 
 def load_model(folder: str | Path) -> DreamLLMForCausalLM:
-    """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`."""
-    model = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`. The project's own
+    class: no code from the folder runs. Every tensor comes from the folder: one missing is an error, not a random
+    initialisation."""
+    check_model_folder(folder)
+    model, info = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise InputError(f"{folder}: its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...); "
+                         "DreamLLM folders are complete: save or convert it again")
     register_auto_classes(model.config)
     return model
+
+
+def load_processor(folder: str | Path) -> DreamLLMProcessor:
+    """The project's processor class with `trust_remote_code=False`: code a folder names (`auto_map`) never runs;
+    a tokenizer or image processor that exists only as such code is refused."""
+    try:
+        return DreamLLMProcessor.from_pretrained(folder, trust_remote_code=False)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise InputError(f"{folder}: its processor files need code shipped in the folder; training never runs "
+                         "code from a model folder: use the tokenizer and image processor classes of transformers"
+                         ) from error
+
+
+def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+    """An --output_dir holding another run (checkpoints or a saved model) is refused unless the run resumes it or
+    `overwrite` is set; `overwrite` removes the other run's checkpoints (its model is replaced at the final save)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir}: a file, not a folder")
+    previous = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if output_dir.is_dir() else []
+    saved_model = (output_dir / "config.json").is_file()
+    if not (previous or saved_model) or resume:
+        return
+    if not overwrite:
+        held = ", ".join(path.name for path in previous[:3]) or "a saved model"
+        raise InputError(f"--output_dir {output_dir} holds another run ({held}); pass --resume_from_checkpoint true "
+                         "to continue it, --overwrite_output_dir true to replace it, or choose a new folder")
+    if is_main_process:
+        for path in previous:
+            shutil.rmtree(path)
 
 
 def resolve_resume(training_args: SFTConfig) -> str | None:
@@ -210,10 +263,16 @@ def resolve_resume(training_args: SFTConfig) -> str | None:
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
     if str(value).lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        output_dir = Path(training_args.output_dir)
+        last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+        if last is None and (output_dir / "config.json").is_file():
+            raise InputError(f"--resume_from_checkpoint {value}: {output_dir} holds a saved model but no checkpoint "
+                             "to resume; pass --overwrite_output_dir true to replace it, or choose a new folder")
         if last is None:
-            logger.warning("no checkpoint in %s: training from the start", training_args.output_dir)
+            logger.warning("no checkpoint in %s: training from the start", output_dir)
         return last
+    if not Path(value).is_dir():
+        raise InputError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return value
 
 
@@ -227,7 +286,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
     preset = STAGES[script_args.stage]
     set_seed(training_args.seed)
     model = load_model(folder)
-    processor = DreamLLMProcessor.from_pretrained(folder, trust_remote_code=True)
+    processor = load_processor(folder)
     set_stage_trainable(model, script_args.stage)
     if script_args.lora_r:
         if not preset.train_language_model:
@@ -254,6 +313,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         max_length=training_args.max_length,
         seed=training_args.seed,
         shuffle_buffer=script_args.shuffle_buffer,
+        image_folders=script_args.image_folder,
     )
     return DreamLLMTrainer(
         model,
@@ -271,10 +331,16 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
 def main(argv: list[str] | None = None) -> DreamLLMTrainer:
     """Run one stage end to end; returns the trainer (its `state.log_history` holds the losses)."""
     script_args, training_args = parse_args(argv)
+    resume = resolve_resume(training_args)
+    check_output_dir(training_args.output_dir, resume is not None, script_args.overwrite_output_dir,
+                     training_args.process_index == 0)
     trainer = build_trainer(script_args, training_args)
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_final(training_args.output_dir)
     return trainer
 
 
-__all__ = ["STAGES", "DreamLLMArguments", "apply_lora", "build_trainer", "main", "parse_args", "set_stage_trainable"]
+__all__ = [
+    "STAGES", "DreamLLMArguments", "apply_lora", "build_trainer", "check_output_dir", "load_model", "load_processor",
+    "main", "parse_args", "set_stage_trainable",
+]
