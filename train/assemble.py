@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel, GenerationConfig
 from transformers.image_utils import PILImageResampling
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
@@ -51,9 +51,9 @@ def add_special_tokens(tokenizer) -> None:
     tokenizer.add_special_tokens(special)
 
 
-def diffusion_image_processor(resolution: int) -> CLIPImageProcessor:
+def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
     """Targets for the diffusion decoder: resize + center crop to its resolution, values in [-1, 1], no flip."""
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": resolution},
         crop_size={"height": resolution, "width": resolution},
         resample=PILImageResampling.BILINEAR,
@@ -106,7 +106,7 @@ def assemble(
     language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     language_model.resize_token_embeddings(len(tokenizer))
     vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=language_model.dtype)
-    image_processor = CLIPImageProcessor.from_pretrained(vision)
+    image_processor = CLIPImageProcessorPil.from_pretrained(vision)
     condition_hidden_size, resolution = decoder_geometry(diffusion)
 
     text_config = language_model.config
