@@ -255,3 +255,20 @@ def test_a_missing_data_folder_in_a_fresh_process_prints_one_line(tiny_folder, t
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --data missing/: no such file or folder; pass")
+
+
+def test_streamed_training_logs_every_skipped_record_the_last_ones_included(tiny_folder, tmp_path):
+    """`--streaming`: the data-loader sees the stream through `datasets` and accelerate; records skipped after the
+    last good one still reach the logged counters."""
+    from train.data.example_files import write_llava
+
+    chat = write_llava(tmp_path / "llava", count=2)
+    records = json.loads(chat.read_text())
+    bad = [{"conversations": "x"}, {"image": 5, "conversations": []}, {"caption": 7, "image": "0.png"}]
+    (tmp_path / "llava" / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records + bad))
+    trainer = main(argv(tiny_folder, tmp_path / "out", tmp_path / "llava" / "chat.jsonl", "--stage", "sft",
+                        "--streaming", "true", "--shuffle_buffer", "0", "--logging_steps", "1",
+                        "--save_strategy", "no", steps=1))
+    step = next(entry for entry in trainer.state.log_history if entry.get("step") == 1 and "loss" in entry)
+    logged = {key: value for key, value in step.items() if key.startswith("data/skipped_")}
+    assert logged == {"data/skipped_invalid_field": 2, "data/skipped_missing_field": 1}  # empty conversations
