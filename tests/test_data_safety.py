@@ -371,3 +371,23 @@ def test_unreadable_dataset_files_are_errors_naming_them(tmp_path, processor):
             build_train_dataset([str(tmp_path / name)], processor)
     with pytest.raises(InputError, match="--image_folder .*: no such folder"):
         build_train_dataset([str(tmp_path / "rows")], processor, image_folders=[str(tmp_path / "nope")])
+
+
+def test_streamed_counts_survive_data_loader_workers_and_process_shards(tmp_path, processor):
+    from torch.utils.data import DataLoader
+
+    from train.data.encoding import CountedStream
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(_png())
+    for shard in range(2):  # each shard: one good record, then two bad ones
+        lines = [{"caption": "a red circle", "image": "good.png"}, {"caption": 5, "image": "good.png"}, [1]]
+        (folder / f"part-{shard}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset = build_train_dataset([str(folder)], processor, streaming=True, shuffle_buffer=0)
+    parts = [dataset.shard(num_shards=2, index=index) for index in range(2)]  # as accelerate splits processes
+    assert all(isinstance(part, CountedStream) for part in parts)
+    assert [sum(_counts(part).values()) for part in parts] == [2, 2]
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=lambda sample: sample)
+    samples = list(loader)
+    assert len(samples) == 2 and _counts(samples) == {"skipped_invalid_field": 4}

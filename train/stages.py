@@ -285,12 +285,25 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
     folder = Path(script_args.model_name_or_path)
     preset = STAGES[script_args.stage]
     set_seed(training_args.seed)
-    model = load_model(folder)
+    check_model_folder(folder)
     processor = load_processor(folder)
+    # The data before the model: a bad source is reported before anything heavy loads.
+    train_dataset = build_train_dataset(
+        script_args.data,
+        processor,
+        streaming=script_args.streaming,
+        creation_prob=script_args.creation_prob,
+        min_similarity=script_args.min_similarity,
+        max_length=training_args.max_length,
+        seed=training_args.seed,
+        shuffle_buffer=script_args.shuffle_buffer,
+        image_folders=script_args.image_folder,
+    )
+    model = load_model(folder)
     set_stage_trainable(model, script_args.stage)
     if script_args.lora_r:
         if not preset.train_language_model:
-            raise ValueError(f"LoRA adapts the language model, which the {script_args.stage} stage keeps frozen")
+            raise InputError(f"--lora_r: LoRA adapts the language model, which {script_args.stage} keeps frozen")
         model.requires_grad_(False)
         model = apply_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout,
                            train_modules=PROJECTORS_AND_QUERIES)
@@ -304,17 +317,6 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
             noise_samples_per_image=script_args.noise_samples_per_image,
             min_timestep=script_args.min_timestep,
         )
-    train_dataset = build_train_dataset(
-        script_args.data,
-        processor,
-        streaming=script_args.streaming,
-        creation_prob=script_args.creation_prob,
-        min_similarity=script_args.min_similarity,
-        max_length=training_args.max_length,
-        seed=training_args.seed,
-        shuffle_buffer=script_args.shuffle_buffer,
-        image_folders=script_args.image_folder,
-    )
     return DreamLLMTrainer(
         model,
         training_args,

@@ -70,7 +70,8 @@ def _load_hf(source: DataSource, streaming: bool):
             if streaming:
                 loaded = loaded.to_iterable_dataset(num_shards=max(1, min(64, len(loaded))))
     except Exception as error:  # datasets and pyarrow raise many types for files they cannot read
-        raise InputError(f"--data {source.path}: cannot be read as a dataset ({type(error).__name__}: {error})") from error
+        problem = f"{type(error).__name__}: {error}"
+        raise InputError(f"--data {source.path}: cannot be read as a dataset ({problem})") from error
     return _hf_rows_to_records(loaded, source)
 
 
@@ -159,7 +160,8 @@ def build_train_dataset(
     if streaming:
         if shuffle_buffer > 1:
             mixed = mixed.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        encoded = mixed.map(StreamingTransform(encoder), batched=True, batch_size=8, remove_columns=list(RECORD_FEATURES))
+        transform = StreamingTransform(encoder)
+        encoded = mixed.map(transform, batched=True, batch_size=8, remove_columns=list(RECORD_FEATURES))
         return CountedStream.wrap(encoded, [source.path for source in sources])
     mixed = mixed.flatten_indices() if mixed._indices is not None else mixed
     records = mixed.add_column("row", list(range(len(mixed))))

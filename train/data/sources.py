@@ -271,7 +271,8 @@ def iter_json_documents(json_path: str) -> Iterator[dict]:
         try:
             content = json.load(handle)
         except (ValueError, RecursionError) as error:
-            raise InputError(f"--data {json_path}: not valid JSON ({error}); use .jsonl to skip broken records") from error
+            problem = f"not valid JSON ({error}); use .jsonl to skip broken records"
+            raise InputError(f"--data {json_path}: {problem}") from error
     items = content if isinstance(content, list) else [content]
     for number, item in enumerate(items):
         yield record("json", {"key": f"{json_path}:{number}", "item": item, "root": root})
