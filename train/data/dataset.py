@@ -100,12 +100,15 @@ def build_train_dataset(
     max_length: int | None = None,
     seed: int = 42,
     shuffle_buffer: int = 1000,
+    **format_options,
 ) -> Dataset | IterableDataset:
-    """The encoded training dataset of `--data` specs `PATH[:WEIGHT]` (see `train.data.sources`)."""
+    """The encoded training dataset of `--data` specs `PATH[:WEIGHT]` (see `train.data.sources`); `format_options`
+    are `SampleBuilder`'s label and block options (`pair_labels`, `reply_dream_labels`, `interleaved_blocks`)."""
     if not data:
         raise ValueError("no training data: pass --data PATH (a folder of pairs, .tar shards, .jsonl/.json, ...)")
     sources = [DataSource.parse(spec) for spec in data]
-    encoder = SampleEncoder(processor, SampleBuilder(creation_prob, min_similarity, seed), max_length=max_length)
+    builder = SampleBuilder(creation_prob, min_similarity, seed, **format_options)
+    encoder = SampleEncoder(processor, builder, max_length=max_length)
     parts = [_record_dataset(source, streaming) for source in sources]
     mixed = mix(parts, [source.weight for source in sources], seed)
     if streaming:
