@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from dataset_formats import write_recipe_data
+from train.errors import InputError
 from train.merge_alignment import merge_alignment
 from train.recipe import load_recipe
 from train.stages import main, parse_args
@@ -176,7 +177,7 @@ def test_every_recipe_trains_on_its_datasets_and_merge_assembles_igpt(tmp_path):
     with pytest.raises(ValueError, match="model.language_model.norm.weight differs"):
         merge_alignment(runs / "alignment-creation", other, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(InputError, match="exists"):
         merge_alignment(runs / "alignment-creation", runs / "alignment-comprehension", runs / "merged")
 
 

@@ -10,7 +10,6 @@ model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion 
 """
 
 import argparse
-import contextlib
 import json
 import shutil
 import tempfile
@@ -18,12 +17,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel, GenerationConfig
 from transformers.image_utils import PILImageResampling
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import DreamLLMProcessor
+from train.folders import staged_folder
 
 # The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
 ADDED_TOKENS = ["<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>", "<dream_end>"]
@@ -52,9 +52,9 @@ def add_special_tokens(tokenizer) -> None:
     tokenizer.add_special_tokens(special)
 
 
-def diffusion_image_processor(resolution: int) -> CLIPImageProcessor:
+def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
     """Targets for the diffusion decoder: resize + center crop to its resolution, values in [-1, 1], no flip."""
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": resolution},
         crop_size={"height": resolution, "width": resolution},
         resample=PILImageResampling.BILINEAR,
@@ -121,7 +121,7 @@ def assemble(
     language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     language_model.resize_token_embeddings(len(tokenizer))
     vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=language_model.dtype)
-    image_processor = CLIPImageProcessor.from_pretrained(vision)
+    image_processor = CLIPImageProcessorPil.from_pretrained(vision)
     condition_hidden_size, resolution = decoder_geometry(diffusion)
 
     text_config = language_model.config
@@ -145,7 +145,10 @@ def assemble(
     _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype,
                       projector_init=projector_init)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=config.special_token_ids,  # plain `generate` writes text only
     )
 
     processor = DreamLLMProcessor(
@@ -163,21 +166,6 @@ def assemble(
             shutil.copytree(diffusion / name, staging / name)
         write_pipeline_files(staging)
     return output
-
-
-@contextlib.contextmanager
-def staged_folder(output: Path):
-    """Yield a hidden sibling of `output` to write into; it becomes `output` only when the block completes, and is
-    removed when it fails, so a folder is complete or absent."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp makes it private
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_pipeline_files(folder: Path) -> None:

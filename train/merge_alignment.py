@@ -26,8 +26,10 @@ import torch
 from safetensors import safe_open
 
 from modeling_dreamllm import DreamLLMForCausalLM
-from processing_dreamllm import DreamLLMProcessor
 from train.assemble import DECODER_SUBFOLDERS, register_auto_classes, staged_folder
+from train.checkpoints import check_model_folder
+from train.errors import InputError
+from train.stages import load_processor
 from train.trainer import complete_folder
 
 FROM_COMPREHENSION = ("model.vision_projector.",)
@@ -42,7 +44,7 @@ def weight_files(folder: Path) -> list[Path]:
         return [folder / name for name in shards]
     single = folder / "model.safetensors"
     if not single.is_file():
-        raise FileNotFoundError(f"{folder} has no model.safetensors (is it a DreamLLM folder written by python -m train?)")
+        raise InputError(f"{folder} has no model.safetensors (is it a DreamLLM folder written by python -m train?)")
     return [single]
 
 
@@ -53,20 +55,21 @@ def _same_decoder(first: Path, second: Path) -> None:
         different += [file for file in comparison.common_files if not filecmp.cmp(first / name / file,
                                                                                   second / name / file, shallow=False)]
         if different:
-            raise ValueError(f"{first} and {second} hold different decoders ({name}/: {different}); the two "
+            raise InputError(f"{first} and {second} hold different decoders ({name}/: {different}); the two "
                              "alignment runs must start from the same folder")
 
 
 @torch.no_grad()
 def merge_alignment(creation: str | Path, comprehension: str | Path, output: str | Path) -> Path:
     """Write `output`: the `creation` folder with the `comprehension` folder's visual projector (see the module
-    docstring). Raises when the folders did not start from the same model; `output` must not exist."""
+    docstring). An `InputError` when the folders did not start from the same model; `output` must not exist."""
     creation, comprehension, output = Path(creation), Path(comprehension), Path(output)
     if output.exists():
-        raise FileExistsError(f"{output} exists; choose a new output folder")
+        raise InputError(f"{output} exists; choose a new output folder")
     for folder in (creation, comprehension):
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a DreamLLM folder (no config.json)")
+            raise InputError(f"{folder} is not a DreamLLM folder (no config.json)")
+        check_model_folder(folder)
     _same_decoder(creation, comprehension)
     model = DreamLLMForCausalLM.from_pretrained(creation, dtype="auto")
     register_auto_classes(model.config)
@@ -76,20 +79,20 @@ def merge_alignment(creation: str | Path, comprehension: str | Path, output: str
         with safe_open(str(file), framework="pt") as weights:
             for key in weights.keys():
                 if key not in state:
-                    raise ValueError(f"{comprehension} holds {key}, which {creation}'s model does not have")
+                    raise InputError(f"{comprehension} holds {key}, which {creation}'s model does not have")
                 tensor = weights.get_tensor(key)
                 if key.startswith(FROM_COMPREHENSION):
                     state[key].copy_(tensor.to(state[key].dtype))
                     taken.add(key)
                 elif not key.startswith(FROM_CREATION) and not torch.equal(tensor.to(state[key].dtype), state[key]):
-                    raise ValueError(
+                    raise InputError(
                         f"{key} differs between {creation} and {comprehension}: the two alignment runs did not "
                         "start from the same folder (or one of them trained the language model)"
                     )
     expected = {key for key in state if key.startswith(FROM_COMPREHENSION)}
     if taken != expected:
-        raise ValueError(f"{comprehension} lacks {sorted(expected - taken)}")
-    processor = DreamLLMProcessor.from_pretrained(creation)
+        raise InputError(f"{comprehension} lacks {sorted(expected - taken)}")
+    processor = load_processor(creation)
     with staged_folder(output) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)

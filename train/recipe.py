@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from train.errors import InputError
+
 # Recipe format name -> the kind `train.data.sources.detect_kind` reads from such a path.
 FORMATS = {
     "img2dataset": "webdataset",  # webdataset .tar shards of KEY.jpg + KEY.txt + KEY.json (img2dataset's output)
@@ -75,34 +77,37 @@ class Recipe:
 def _entry(recipe_path: str, number: int, raw) -> MixtureEntry:
     where = f"{recipe_path}: mixture entry {number + 1}"
     if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a mapping with {MIXTURE_FIELDS[:4]}, got {raw!r}")
+        raise InputError(f"{where} must be a mapping with {MIXTURE_FIELDS[:4]}, got {raw!r}")
     unknown = sorted(set(raw) - set(MIXTURE_FIELDS))
     missing = [name for name in MIXTURE_FIELDS[:4] if name not in raw]
     if unknown or missing:
-        raise ValueError(f"{where}: unknown fields {unknown}, missing fields {missing}")
+        raise InputError(f"{where}: unknown fields {unknown}, missing fields {missing}")
     if raw["format"] not in FORMATS:
-        raise ValueError(f"{where} ({raw['name']}): format {raw['format']!r} is not one of {sorted(FORMATS)}")
+        raise InputError(f"{where} ({raw['name']}): format {raw['format']!r} is not one of {sorted(FORMATS)}")
     size = raw["size"]
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"{where} ({raw['name']}): size must be a positive integer, got {size!r}")
+        raise InputError(f"{where} ({raw['name']}): size must be a positive integer, got {size!r}")
     weight = raw.get("weight", size)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-        raise ValueError(f"{where} ({raw['name']}): weight must be a positive number, got {weight!r}")
+        raise InputError(f"{where} ({raw['name']}): weight must be a positive number, got {weight!r}")
     return MixtureEntry(str(raw["name"]), raw["format"], str(raw["path"]), size, float(weight), str(raw.get("note", "")))
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file (see the module docstring); raises ValueError naming the file and the field."""
+    """Read and check a recipe file (see the module docstring); an `InputError` names the file and the field."""
     path = str(path)
-    with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"--recipe {path}: not a readable YAML file ({error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping")
+        raise InputError(f"{path}: a recipe must be a YAML mapping")
     mixture = content.pop("mixture", None) or []
     if not isinstance(mixture, list):
-        raise ValueError(f"{path}: mixture must be a list of datasets")
+        raise InputError(f"{path}: mixture must be a list of datasets")
     if "config" in content or "recipe" in content:
-        raise ValueError(f"{path}: a recipe cannot name another config or recipe")
+        raise InputError(f"{path}: a recipe cannot name another config or recipe")
     return Recipe(path, content, tuple(_entry(path, number, raw) for number, raw in enumerate(mixture)))
 
 
@@ -121,7 +126,7 @@ def check_formats(recipe: Recipe, data_root: str | None) -> None:
         path = rooted(entry.path, data_root)
         kind, _ = detect_kind(path)
         if kind != FORMATS[entry.format]:
-            raise ValueError(
+            raise InputError(
                 f"{recipe.path}: mixture entry {entry.name} is declared {entry.format} ({FORMATS[entry.format]}) but "
                 f"{path} reads as {kind}"
             )

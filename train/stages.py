@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,16 +41,18 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, TrlParser
 
 from configuration_dreamllm import SPECIAL_TOKENS
 from modeling_dreamllm import DreamLLMForCausalLM
 from processing_dreamllm import DreamLLMProcessor
 from train.assemble import register_auto_classes
+from train.checkpoints import check_model_folder
 from train.data import build_train_dataset
 from train.data.samples import PAIR_LABELS, REPLY_DREAM_LABELS
 from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.errors import InputError
 from train.recipe import check_formats, load_recipe, rooted
 from train.trainer import DreamLLMTrainer
 
@@ -134,6 +137,13 @@ class DreamLLMArguments:
         default_factory=list,
         metadata={"action": ReplaceThenExtend, "help": "PATH[:WEIGHT], repeatable: pairs, .tar, .jsonl/.json, hf"},
     )
+    image_folder: list[str] = field(
+        default_factory=list,
+        metadata={"action": ReplaceThenExtend, "help": "folder data records may name images in, repeatable"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start afresh in an --output_dir that holds another run (its checkpoints go)"}
+    )
     streaming: bool = field(default=False, metadata={"help": "read sources sequentially (for very large shards)"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "shuffle buffer of streamed data"})
     creation_prob: float | None = field(
@@ -193,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DreamLLMArguments, SFTCon
     pre.add_argument("--print_config", nargs="?", const="true", default="false")
     known, _ = pre.parse_known_args(argv)
     if known.recipe and "--config" in argv:
-        raise ValueError("pass either --config or --recipe, not both")
+        raise InputError("pass either --config or --recipe, not both")
     recipe = load_recipe(known.recipe) if known.recipe else None
     stage = known.stage
     if stage is None and recipe is not None:
@@ -201,8 +211,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DreamLLMArguments, SFTCon
     if stage is None and "--config" in argv:
         import yaml
 
-        with open(argv[argv.index("--config") + 1]) as handle:
-            stage = (yaml.safe_load(handle) or {}).get("stage")
+        path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
+        try:
+            with open(path) as handle:
+                stage = (yaml.safe_load(handle) or {}).get("stage")
+        except (OSError, yaml.YAMLError, AttributeError) as error:
+            raise InputError(f"--config {path}: not a readable YAML mapping ({error})") from error
     stage = stage or "sft"
     preset = STAGES[stage]
     parser = TrlParser((DreamLLMArguments, SFTConfig))
@@ -210,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DreamLLMArguments, SFTCon
     if recipe is not None:
         unknown = parser.set_defaults_with_config(**recipe.defaults())
         if unknown:
-            raise ValueError(f"{recipe.path}: unknown settings {unknown[::2]} (not python -m train options)")
+            raise InputError(f"{recipe.path}: unknown settings {unknown[::2]} (not python -m train options)")
     print_only = known.print_config.lower() in ("true", "1", "yes")
     if print_only:  # shown as asked; a run checks them against the hardware
         asked, _ = parser.parse_known_args(argv)
@@ -231,11 +245,11 @@ def resolve_alignment(script_args: DreamLLMArguments) -> None:
     """Check `--alignment` against the stage and fill `creation_prob` from it (or the 0.5 default)."""
     variant = ALIGNMENTS[script_args.alignment]
     if script_args.alignment != "joint" and script_args.stage != "alignment":
-        raise ValueError(f"--alignment {script_args.alignment} is a variant of the alignment stage, not of "
+        raise InputError(f"--alignment {script_args.alignment} is a variant of the alignment stage, not of "
                          f"{script_args.stage}")
     if variant.creation_prob is not None:
         if script_args.creation_prob not in (None, variant.creation_prob):
-            raise ValueError(f"--alignment {script_args.alignment} uses creation_prob {variant.creation_prob}, got "
+            raise InputError(f"--alignment {script_args.alignment} uses creation_prob {variant.creation_prob}, got "
                              f"--creation_prob {script_args.creation_prob}")
         script_args.creation_prob = variant.creation_prob
     elif script_args.creation_prob is None:
@@ -320,10 +334,49 @@ def zero3_init_disabled():
 
 
 def load_model(folder: str | Path) -> DreamLLMForCausalLM:
-    """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`."""
-    model = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`. The project's own
+    class: no code from the folder runs. Every tensor comes from the folder: one missing is an error, not a random
+    initialisation."""
+    check_model_folder(folder)
+    model, info = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise InputError(f"{folder}: its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...); "
+                         "DreamLLM folders are complete: save or convert it again")
     register_auto_classes(model.config)
     return model
+
+
+def load_processor(folder: str | Path) -> DreamLLMProcessor:
+    """The project's processor class with `trust_remote_code=False`: code a folder names (`auto_map`) never runs;
+    a tokenizer or image processor that exists only as such code is refused."""
+    try:
+        return DreamLLMProcessor.from_pretrained(folder, trust_remote_code=False)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise InputError(f"{folder}: its processor files need code shipped in the folder; training never runs "
+                         "code from a model folder: use the tokenizer and image processor classes of transformers"
+                         ) from error
+
+
+def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is_main_process: bool = True) -> None:
+    """An --output_dir holding another run (checkpoints or a saved model) is refused unless the run resumes it or
+    `overwrite` is set; `overwrite` removes the other run's checkpoints (its model is replaced at the final save)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir}: a file, not a folder")
+    previous = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if output_dir.is_dir() else []
+    saved_model = (output_dir / "config.json").is_file()
+    if not (previous or saved_model) or resume:
+        return
+    if not overwrite:
+        held = ", ".join(path.name for path in previous[:3]) or "a saved model"
+        raise InputError(f"--output_dir {output_dir} holds another run ({held}); pass --resume_from_checkpoint true "
+                         "to continue it, --overwrite_output_dir true to replace it, or choose a new folder")
+    if is_main_process:
+        for path in previous:
+            shutil.rmtree(path)
 
 
 def resolve_resume(training_args: SFTConfig) -> str | None:
@@ -331,10 +384,16 @@ def resolve_resume(training_args: SFTConfig) -> str | None:
     if value is None or str(value).lower() in ("false", "none", ""):
         return None
     if str(value).lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        output_dir = Path(training_args.output_dir)
+        last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+        if last is None and (output_dir / "config.json").is_file():
+            raise InputError(f"--resume_from_checkpoint {value}: {output_dir} holds a saved model but no checkpoint "
+                             "to resume; pass --overwrite_output_dir true to replace it, or choose a new folder")
         if last is None:
-            logger.warning("no checkpoint in %s: training from the start", training_args.output_dir)
+            logger.warning("no checkpoint in %s: training from the start", output_dir)
         return last
+    if not Path(value).is_dir():
+        raise InputError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return value
 
 
@@ -347,25 +406,9 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
     folder = Path(script_args.model_name_or_path)
     preset = STAGES[script_args.stage]
     set_seed(training_args.seed)
-    model = load_model(folder)
-    processor = DreamLLMProcessor.from_pretrained(folder, trust_remote_code=True)
-    set_stage_trainable(model, script_args.stage, script_args.alignment)
-    if script_args.lora_r:
-        if not preset.train_language_model:
-            raise ValueError(f"LoRA adapts the language model, which the {script_args.stage} stage keeps frozen")
-        model.requires_grad_(False)
-        model = apply_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout,
-                           train_modules=PROJECTORS_AND_QUERIES)
-    with zero3_init_disabled():
-        diffusion_loss = DreamLLMDiffusionLoss.from_pretrained(
-            folder,
-            unet_dtype=torch.bfloat16 if training_args.bf16 else None,  # frozen: no master copy needed
-            snr_gamma=script_args.snr_gamma,
-            max_unet_batch=script_args.max_unet_batch,
-            noise_offset=script_args.noise_offset,
-            noise_samples_per_image=script_args.noise_samples_per_image,
-            min_timestep=script_args.min_timestep,
-        )
+    check_model_folder(folder)
+    processor = load_processor(folder)
+    # The data before the model: a bad source is reported before anything heavy loads.
     recipe = load_recipe(script_args.recipe) if script_args.recipe else None
     if recipe is not None and script_args.data == recipe.data_specs():
         check_formats(recipe, script_args.data_root)
@@ -380,10 +423,29 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         max_length=training_args.max_length,
         seed=training_args.seed,
         shuffle_buffer=script_args.shuffle_buffer,
+        image_folders=script_args.image_folder,
         pair_labels=script_args.pair_labels,
         reply_dream_labels=script_args.reply_dream_labels,
         interleaved_blocks=ALIGNMENTS[script_args.alignment].interleaved_blocks,
     )
+    model = load_model(folder)
+    set_stage_trainable(model, script_args.stage, script_args.alignment)
+    if script_args.lora_r:
+        if not preset.train_language_model:
+            raise InputError(f"--lora_r: LoRA adapts the language model, which {script_args.stage} keeps frozen")
+        model.requires_grad_(False)
+        model = apply_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout,
+                           train_modules=PROJECTORS_AND_QUERIES)
+    with zero3_init_disabled():
+        diffusion_loss = DreamLLMDiffusionLoss.from_pretrained(
+            folder,
+            unet_dtype=torch.bfloat16 if training_args.bf16 else None,  # frozen: no master copy needed
+            snr_gamma=script_args.snr_gamma,
+            max_unet_batch=script_args.max_unet_batch,
+            noise_offset=script_args.noise_offset,
+            noise_samples_per_image=script_args.noise_samples_per_image,
+            min_timestep=script_args.min_timestep,
+        )
     return DreamLLMTrainer(
         model,
         training_args,
@@ -455,22 +517,17 @@ def main(argv: list[str] | None = None) -> DreamLLMTrainer | None:
 
         print(yaml.safe_dump(resolved_settings(script_args, training_args), sort_keys=False, width=120), end="")
         return None
+    resume = resolve_resume(training_args)
+    check_output_dir(training_args.output_dir, resume is not None, script_args.overwrite_output_dir,
+                     training_args.process_index == 0)
     trainer = build_trainer(script_args, training_args)
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_final(training_args.output_dir)
     return trainer
 
 
 __all__ = [
-    "ALIGNMENTS",
-    "STAGES",
-    "DreamLLMArguments",
-    "apply_lora",
-    "build_trainer",
-    "loss_weights",
-    "main",
-    "parse_args",
-    "resolved_settings",
-    "set_stage_trainable",
+    "ALIGNMENTS", "STAGES", "DreamLLMArguments", "apply_lora", "build_trainer", "check_output_dir", "load_model",
+    "load_processor", "loss_weights", "main", "parse_args", "resolved_settings", "set_stage_trainable",
     "trained_parts",
 ]
