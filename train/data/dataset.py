@@ -142,16 +142,18 @@ def build_train_dataset(
     shuffle_buffer: int = 1000,
     image_folders: Sequence[str] = (),
     max_file_bytes: int = MAX_FILE_BYTES,
+    **format_options,
 ) -> Dataset | IterableDataset:
     """The encoded training dataset of `--data` specs `PATH[:WEIGHT]` (see `train.data.sources`); records may name
-    images in their own folders and in `image_folders`, files of at most `max_file_bytes`."""
+    images in their own folders and in `image_folders`, files of at most `max_file_bytes`. `format_options` are
+    `SampleBuilder`'s label and block options (`pair_labels`, `reply_dream_labels`, `interleaved_blocks`)."""
     if not data:
         raise InputError("no training data: pass --data PATH (a folder of pairs, .tar shards, .jsonl/.json, ...)")
     for folder in image_folders:
         if not os.path.isdir(folder):
             raise InputError(f"--image_folder {folder}: no such folder")
     sources = [DataSource.parse(spec, max_file_bytes) for spec in data]
-    builder = SampleBuilder(creation_prob, min_similarity, seed, image_folders, max_file_bytes)
+    builder = SampleBuilder(creation_prob, min_similarity, seed, image_folders, max_file_bytes, **format_options)
     encoder = SampleEncoder(processor, builder, max_length=max_length)
     parts = [_record_dataset(source, streaming) for source in sources]
     for source, part in zip(sources, parts, strict=True):

@@ -65,16 +65,24 @@ class SampleEncoder:
         except ValueError as error:  # placeholders and images that do not match, and the like
             raise BadSample("invalid_sample", str(error)) from error
         input_ids, labels = batch["input_ids"][0], batch["labels"][0]
-        if not bool((labels != IGNORE_INDEX).any()):
-            raise BadSample("too_long", "nothing left to learn after truncation")
+        is_dream_start = input_ids == self.dream_start_token_id
+        num_blocks = int(is_dream_start.sum())
         targets = batch.get("target_pixel_values")
-        if spec.extra_targets:  # trailing <dream>s without read-back come after every other creation block
-            extra = self.processor.diffusion_image_processor(spec.extra_targets, return_tensors="pt")["pixel_values"]
+        extra_targets = spec.extra_targets
+        if spec.truncatable:  # truncation may have dropped trailing blocks, whose targets go with them
+            extra_targets = extra_targets[: max(0, num_blocks - (0 if targets is None else len(targets)))]
+        if extra_targets:  # <dream>s without read-back come after every other creation block
+            extra = self.processor.diffusion_image_processor(extra_targets, return_tensors="pt")["pixel_values"]
             targets = extra if targets is None else torch.cat([targets, extra])
-        num_blocks = int((input_ids == self.dream_start_token_id).sum())
         num_targets = 0 if targets is None else len(targets)
         if num_blocks != num_targets:
             raise BadSample("invalid_sample", f"{num_blocks} creation blocks for {num_targets} targets")
+        if not spec.learn_labels:
+            labels = torch.full_like(labels, IGNORE_INDEX)
+        elif not spec.learn_dream_start:
+            labels = labels.masked_fill(is_dream_start, IGNORE_INDEX)
+        if not bool((labels != IGNORE_INDEX).any()) and not num_targets:
+            raise BadSample("too_long", "nothing left to learn after truncation")
         return {
             "input_ids": input_ids,
             "labels": labels,

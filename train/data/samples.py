@@ -4,17 +4,25 @@
     spec = builder.build(row)       # row: {"kind", "record", "blobs"} from train.data.sources
     spec.text, spec.images          # 'a red circle<dream>', []  (+ spec.extra_targets: [PIL image])
 
-Formats (as the official release, `<dream>` = creation block):
+Formats (`<dream>` = creation block). The block layout and the interleaved-document and conversation formats are the
+official release's; what is learned follows the builder's options, whose defaults are this project's (the official
+choice is named where it differs, see docs/differences.md):
 - image-text pair, understanding: `<image>caption` (the caption is learned);
   creation: `caption<dream>` with the image as the diffusion target, no CLIP read-back (nothing follows it);
-  each pair is one or the other, with probability `creation_prob` for creation, fixed per pair by a hash.
+  `pair_labels="caption"` learns the caption, `<dream_start>` and `</s>`; `"none"` (official) learns nothing, the
+  pair trains the diffusion loss only. Each pair is one or the other, with probability `creation_prob` for
+  creation, fixed per pair by a hash.
 - MMC4 interleaved document (`text_list`, `image_info` with `image_name`, `matched_text_index`, `matched_sim`):
-  images with `matched_sim < min_similarity` are dropped; the others follow their matched sentence as `<dream>`
-  (creation block + CLIP read-back), so the LM learns where images go. An unreadable image loses its block, the
-  document keeps its text (as the official loader).
-- LLaVA conversation (`image`, `conversations` of human/gpt turns with `<image>`): assistant replies learned.
+  images with `matched_sim < min_similarity` are dropped (`None`: no filter, the official code's); the others
+  follow their matched sentence as `<dream>` (creation block + CLIP read-back), so the LM learns where images go
+  (`<dream_start>` is learned, as officially). `interleaved_blocks="creation"` keeps the creation blocks only and
+  `"comprehension"` the CLIP blocks only (the official creation-only / comprehension-only stage-I runs). An
+  unreadable image loses its block, the document keeps its text (as the official loader).
+- LLaVA conversation (`image`, `conversations` of human/gpt turns with `<image>`): assistant replies learned; a
+  `<dream>` in a reply learns `<dream_start>` with `reply_dream_labels="dream_start"`, not with `"none"` (official).
 - instruction + interleaved answer (`instruction`, `text_list`, `image_info`): the answer is an MMC4 document.
-- text-to-image instruction (`instruction` or `prompt`, `image`): the answer is `<dream>` with the image as target.
+- text-to-image instruction (`instruction` or `prompt`, `image`): the answer is `<dream>` with the image as target
+  (a reply `<dream>`, so `reply_dream_labels` applies).
 - a JSON pair (`caption` or `text`, `image`): as an image-text pair.
 A record that cannot make a sample raises `BadSample(reason)`; the caller skips and counts it. Every field a format
 reads is checked (type, range); a wrong one is `invalid_field`, an absent one `missing_field`.
@@ -43,6 +51,9 @@ from .sources import CAPTION_FIELDS, MAX_FILE_BYTES
 
 IMAGE = "<image>"
 DREAM = "<dream>"
+PAIR_LABELS = ("caption", "none")
+REPLY_DREAM_LABELS = ("dream_start", "none")
+INTERLEAVED_BLOCKS = ("both", "creation", "comprehension")
 PATH_REASONS = ("url_not_fetched", "outside_data_folder", "not_a_regular_file", "file_too_large")
 SKIP_REASONS = (
     "broken_json", "missing_field", "invalid_field", "unreadable_image", *PATH_REASONS, "too_long", "invalid_sample"
@@ -67,8 +78,11 @@ class SampleSpec:
     text: str | None = None
     messages: list[dict] | None = None
     images: list[Image.Image] = field(default_factory=list)  # one per placeholder, in order
-    extra_targets: list[Image.Image] = field(default_factory=list)  # targets of trailing <dream>s without read-back
+    # Targets of the <dream>s without read-back, which follow every <dream> that reads an image of `images` back.
+    extra_targets: list[Image.Image] = field(default_factory=list)
     truncatable: bool = False  # long documents may lose trailing blocks; others are skipped as too long
+    learn_labels: bool = True  # False: every label is -100 (a creation pair under pair_labels="none")
+    learn_dream_start: bool = True  # False: `<dream_start>` is not learned (reply `<dream>`s, reply_dream_labels="none")
     notes: Counter = field(default_factory=Counter)
 
 
@@ -187,6 +201,8 @@ class SampleBuilder:
         seed: fixes each pair's creation/understanding choice.
         image_folders: folders, besides the data's own, that records may name images in.
         max_file_bytes: largest file (image or caption) read.
+        pair_labels, reply_dream_labels, interleaved_blocks: what is learned and which blocks an interleaved
+            document keeps (the module docstring; `PAIR_LABELS`, `REPLY_DREAM_LABELS`, `INTERLEAVED_BLOCKS`).
     """
 
     def __init__(
@@ -196,14 +212,28 @@ class SampleBuilder:
         seed: int = 42,
         image_folders: Sequence[str] = (),
         max_file_bytes: int = MAX_FILE_BYTES,
+        *,
+        pair_labels: str = "caption",
+        reply_dream_labels: str = "dream_start",
+        interleaved_blocks: str = "both",
     ):
         if not 0 <= creation_prob <= 1:
             raise ValueError(f"creation_prob must be in [0, 1], got {creation_prob}")
+        for name, value, choices in (
+            ("pair_labels", pair_labels, PAIR_LABELS),
+            ("reply_dream_labels", reply_dream_labels, REPLY_DREAM_LABELS),
+            ("interleaved_blocks", interleaved_blocks, INTERLEAVED_BLOCKS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.creation_prob = creation_prob
         self.min_similarity = min_similarity
         self.seed = seed
         self.image_folders = [os.path.realpath(folder) for folder in image_folders]
         self.max_file_bytes = max_file_bytes
+        self.pair_labels = pair_labels
+        self.reply_dream_labels = reply_dream_labels
+        self.interleaved_blocks = interleaved_blocks
 
     def build(self, row: dict) -> SampleSpec:
         payload = json.loads(row["record"])
@@ -261,7 +291,7 @@ class SampleBuilder:
             raise BadSample("missing_field" if not caption else "invalid_field", f"caption {caption!r}"[:200])
         caption = caption.strip()
         if self._is_creation(key):
-            return SampleSpec(text=caption + DREAM, extra_targets=[image])
+            return SampleSpec(text=caption + DREAM, extra_targets=[image], learn_labels=self.pair_labels == "caption")
         return SampleSpec(text=IMAGE + caption, images=[image])
 
     def _pair_record(self, payload: dict, blobs: list[bytes]) -> SampleSpec:
@@ -298,16 +328,19 @@ class SampleBuilder:
         if "text_list" in item:
             instruction = _string(item, "instruction", required=False)
             text, images, notes = self.interleaved(item, root)
+            spec = SampleSpec(text=text, truncatable=True, notes=notes)
             if instruction is not None:
-                messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": text}]
-                return SampleSpec(messages=messages, images=images, truncatable=True, notes=notes)
-            return SampleSpec(text=text, images=images, truncatable=True, notes=notes)
+                spec.text = None
+                spec.messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": text}]
+            # Creation blocks only: no read-back, every image is the target of its block.
+            setattr(spec, "extra_targets" if self.interleaved_blocks == "creation" else "images", images)
+            return spec
         prompt_field = next((name for name in ("instruction", "prompt") if name in item), None)
         if prompt_field is not None:
             prompt = _string(item, prompt_field)
             image = self.load_named(_string(item, "image"), root)
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": DREAM}]
-            return SampleSpec(messages=messages, extra_targets=[image])
+            return SampleSpec(messages=messages, extra_targets=[image], learn_dream_start=self._reply_dream_start)
         caption_field = next((name for name in CAPTION_FIELDS if name in item), None)
         if caption_field is not None:
             caption = _string(item, caption_field)
@@ -341,7 +374,11 @@ class SampleBuilder:
             placeholders = len(images)
         if placeholders != len(images):
             raise BadSample("invalid_field", f"{placeholders} {IMAGE} placeholders for {len(images)} images")
-        return SampleSpec(messages=messages, images=images)
+        return SampleSpec(messages=messages, images=images, learn_dream_start=self._reply_dream_start)
+
+    @property
+    def _reply_dream_start(self) -> bool:
+        return self.reply_dream_labels == "dream_start"
 
     def _image_info(self, info, count: int) -> tuple[str, int, float | None]:
         """One MMC4 `image_info` entry, checked: (image_name, matched_text_index, matched_sim or None)."""
@@ -357,7 +394,8 @@ class SampleBuilder:
         return name, index, None if similarity is None else _number(similarity, "matched_sim")
 
     def interleaved(self, item: dict, root: str) -> tuple[str, list[Image.Image], Counter]:
-        """MMC4: sentences in order, each followed by the images matched to it (similarity-filtered) as `<dream>`."""
+        """MMC4: sentences in order, each followed by the images matched to it (similarity-filtered) as `<dream>`
+        (`<image>` when `interleaved_blocks="comprehension"`)."""
         sentences, infos = item.get("text_list"), item.get("image_info")
         infos = [] if infos is None else infos
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
@@ -381,7 +419,8 @@ class SampleBuilder:
             placed.setdefault(index, []).append(image)
         pieces, images = [], []
         for index, sentence in enumerate(sentences):
-            pieces.append(sentence.strip() + DREAM * len(placed.get(index, [])))
+            placeholder = IMAGE if self.interleaved_blocks == "comprehension" else DREAM
+            pieces.append(sentence.strip() + placeholder * len(placed.get(index, [])))
             images.extend(placed.get(index, []))
         text = " ".join(piece for piece in pieces if piece)
         if not text:
@@ -389,4 +428,15 @@ class SampleBuilder:
         return text, images, notes
 
 
-__all__ = ["SampleBuilder", "SampleSpec", "BadSample", "SKIP_REASONS", "NOTE_KEYS", "PATH_REASONS", "read_file"]
+__all__ = [
+    "SampleBuilder",
+    "SampleSpec",
+    "BadSample",
+    "SKIP_REASONS",
+    "NOTE_KEYS",
+    "PATH_REASONS",
+    "read_file",
+    "PAIR_LABELS",
+    "REPLY_DREAM_LABELS",
+    "INTERLEAVED_BLOCKS",
+]
