@@ -4,8 +4,9 @@
 
 - `write_img2dataset_shards`: img2dataset's `--output_format webdataset` output: `00000.tar` with `KEY.jpg`,
   `KEY.txt`, `KEY.json` members (KEY = 5-digit shard number + the index within the shard, padded to
-  ceil(log10(number_sample_per_shard)) digits; members in webdataset's TarWriter order, mode 0o444, user "bigdata"), beside `00000.parquet` (every url, failed ones too) and `00000_stats.json`. Failed
-  downloads are absent from the tar. The `.json` holds img2dataset's metadata: url, caption, key, status,
+  ceil(log10(number_sample_per_shard)) digits; members in webdataset's TarWriter order, mode 0o444, user
+  "bigdata"), beside `00000.parquet` (every url, failed ones too) and `00000_stats.json`. Failed downloads are
+  absent from the tar. The `.json` holds img2dataset's metadata: url, caption, key, status,
   error_message, width, height, original_width, original_height, exif, sha256.
 - `write_mmc4_core`: MMC4's `docs_no_face_shard_N_v3.jsonl` lines (url, text_list, image_info with image_name,
   raw_url, matched_text_index, matched_sim; similarity_matrix, could_have_url_duplicate) and the downloaded images

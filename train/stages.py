@@ -488,7 +488,8 @@ def resolved_settings(script_args: DreamLLMArguments, training_args: SFTConfig) 
     if recipe is not None and script_args.data == recipe.data_specs():
         total = sum(entry.weight for entry in recipe.mixture)
         settings["mixture"] = [
-            {**asdict(entry), "path": rooted(entry.path, script_args.data_root), "probability": round(entry.weight / total, 6)}
+            {**asdict(entry), "path": rooted(entry.path, script_args.data_root),
+             "probability": round(entry.weight / total, 6)}
             for entry in recipe.mixture
         ]
     else:

@@ -82,7 +82,7 @@ class SampleSpec:
     extra_targets: list[Image.Image] = field(default_factory=list)
     truncatable: bool = False  # long documents may lose trailing blocks; others are skipped as too long
     learn_labels: bool = True  # False: every label is -100 (a creation pair under pair_labels="none")
-    learn_dream_start: bool = True  # False: `<dream_start>` is not learned (reply `<dream>`s, reply_dream_labels="none")
+    learn_dream_start: bool = True  # False: `<dream_start>` unlearned (reply `<dream>`s, reply_dream_labels="none")
     notes: Counter = field(default_factory=Counter)
 
 
