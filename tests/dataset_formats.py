@@ -46,11 +46,13 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_img2dataset_shards(
-    folder: Path, count: int = 6, per_shard: int = 4, failed: tuple[int, ...] = (1,), caption_file: bool = True
+    folder: Path, count: int = 6, per_shard: int = 4, failed: tuple[int, ...] = (1,), caption_file: bool = True,
+    size: int = 48,
 ) -> Path:
-    """img2dataset's webdataset output for `count` urls (the `failed` ones did not download)."""
+    """img2dataset's webdataset output for `count` urls of `size` px pictures (the `failed` ones did not
+    download)."""
     folder.mkdir(parents=True, exist_ok=True)
-    items = shape_items(count)
+    items = [(caption, image.resize((size, size))) for caption, image in shape_items(count)]
     sample_digits = math.ceil(math.log10(per_shard))
     for shard in range(-(-count // per_shard)):
         rows = []
@@ -168,7 +170,7 @@ def write_instruct_mmc4(folder: Path, count: int = 2) -> Path:
 def write_recipe_data(root: Path) -> Path:
     """Every dataset path the DreamLLM-7B recipes name, relative to one `data_root`, in its tool's layout."""
     for name in ("laion400m-20m", "laion-coco", "blip-laion"):
-        write_img2dataset_shards(root / name)
+        write_img2dataset_shards(root / name, size=160)  # over the SFT recipe's pair_min_size (128)
     write_llava_pretrain(root / "llava-pretrain")
     write_llava_pretrain(root / "gqa", name="gqa_sft_train_short_filtered.json")
     write_mmc4_core(root / "mmc4-core")

@@ -16,7 +16,7 @@ from dataset_formats import (
 )
 from train.data import build_train_dataset
 from train.data.example_files import shape_image
-from train.data.samples import SampleBuilder
+from train.data.samples import BadSample, SampleBuilder
 from train.data.sources import detect_kind
 
 IGNORE = -100
@@ -73,6 +73,14 @@ def test_creation_pairs_learn_their_caption_or_nothing(tmp_path, tiny_processor)
         assert text.startswith("a ") and "<dream_start>" in text and text.endswith("</s>")
     with pytest.raises(ValueError, match="pair_labels must be one of"):
         SampleBuilder(pair_labels="captions")
+
+
+def test_pair_min_size_skips_small_pairs(rgb_image):
+    # the official SFT pair filter (min_size=128): both sides must be larger; rgb_image is 48x40
+    spec = SampleBuilder(pair_min_size=39).pair("key", "a picture", rgb_image)
+    assert [image.size for image in spec.images + spec.extra_targets] == [(48, 40)]
+    with pytest.raises(BadSample, match="small_image: 48x40 pixels, at most 40 on a side"):
+        SampleBuilder(pair_min_size=40).pair("key", "a picture", rgb_image)
 
 
 def test_mmc4_core_shard_with_the_similarity_filter_and_alignment_blocks(tmp_path, tiny_processor):

@@ -75,6 +75,7 @@ def test_print_config_reads_as_the_official_recipe(name, capsys):
     assert (data_format["pair_labels"], data_format["reply_dream_labels"]) == ("none", "none")
     assert data_format["creation_prob"] == official["creation_prob"] and data_format["min_similarity"] is None
     assert data_format["condition_drop_prob"] == 0.1  # kept on purpose (docs/differences.md)
+    assert data_format["pair_min_size"] == (128 if name == "sft" else 0)  # the official SFT's min_size
     sizes = {entry["name"]: entry["size"] for entry in printed["mixture"]}
     assert sizes == official["sizes"]
     total = sum(sizes.values())

@@ -166,6 +166,10 @@ class DreamLLMArguments:
         default="dream_start", metadata={"choices": list(REPLY_DREAM_LABELS), "help": "whether a <dream> in an "
                                          "assistant reply learns <dream_start> (none: official)"}
     )
+    pair_min_size: int = field(
+        default=0, metadata={"help": "skip image-text pairs whose image has a side of this many pixels or fewer "
+                                     "(official SFT: 128)"}
+    )
     data_root: str | None = field(default=None, metadata={"help": "folder that relative --data paths are under"})
     samples_per_epoch: int | None = field(
         default=None, metadata={"help": "samples one epoch draws from the mixture (a recipe's summed sizes); sets "
@@ -427,6 +431,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         pair_labels=script_args.pair_labels,
         reply_dream_labels=script_args.reply_dream_labels,
         interleaved_blocks=ALIGNMENTS[script_args.alignment].interleaved_blocks,
+        pair_min_size=script_args.pair_min_size,
     )
     model = load_model(folder)
     set_stage_trainable(model, script_args.stage, script_args.alignment)
@@ -480,6 +485,7 @@ def resolved_settings(script_args: DreamLLMArguments, training_args: SFTConfig) 
             "creation_prob": script_args.creation_prob,
             "interleaved_blocks": ALIGNMENTS[script_args.alignment].interleaved_blocks,
             "min_similarity": script_args.min_similarity,
+            "pair_min_size": script_args.pair_min_size,
             "max_length": training_args.max_length or "the tokenizer's model_max_length",
             "condition_drop_prob": _first_set(script_args.condition_drop_prob, "the model config's"),
         },
