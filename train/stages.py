@@ -9,20 +9,21 @@
     accelerate launch --config_file train/accelerate_configs/fsdp2.yaml -m train --stage igpt ...
     python -m train --recipe train/recipes/dreamllm-7b/igpt.yaml --data_root /data [--print_config]  # docs/recipes.md
 
-Stage presets (paper / official configs; every value can be overridden on the command line or in `--config`):
+Stage presets (the official configs' learning rates and loss weights, except the joint alignment run; every value
+can be overridden on the command line, in `--config` or in `--recipe`):
 
-| stage     | trained                                         | lr   | loss weights lm/diffusion |
-|-----------|-------------------------------------------------|------|---------------------------|
-| alignment | visual projector, dream queries, cond. projector| 2e-3 | 1 / 1                     |
-|  creation |   dream queries, cond. projector (official run) | 2e-3 | 0 / 1                     |
-|  compreh. |   visual projector (official run)               | 2e-3 | 1 / 0                     |
-| igpt      | + the whole LLM (embeddings, lm_head)           | 2e-5 | 1 / 10                    |
-| sft       | as igpt                                         | 4e-5 | 1 / 10                    |
+| stage (`--alignment`)   | trained                                          | lr   | loss weights lm/diffusion |
+|-------------------------|--------------------------------------------------|------|---------------------------|
+| alignment (joint)       | visual projector, dream queries, cond. projector | 2e-3 | 1 / 1 (this project)      |
+| alignment (creation)    | dream queries, cond. projector (official run)    | 2e-3 | 0 / 1                     |
+| alignment (compreh.)    | visual projector (official run)                  | 2e-3 | 1 / 0                     |
+| igpt                    | + the whole LLM (embeddings, lm_head)            | 2e-5 | 1 / 10                    |
+| sft                     | as igpt                                          | 4e-5 | 1 / 10                    |
 
 CLIP, the UNet and the VAE are frozen in every stage. Each stage reads the previous stage's output folder, and
 every folder it writes (checkpoints included) has the same layout and loads directly.
-`--alignment joint|creation|comprehension` picks the alignment stage's variant: the project's one joint run, or
-the official pair of runs (`python -m train merge` then assembles I-GPT's start from them, see `train.merge_alignment`).
+`--alignment joint|creation|comprehension` picks the alignment stage's variant: the project's one joint run, or the
+official pair of runs (`python -m train merge` then assembles I-GPT's start from them: `train.merge_alignment`).
 Precedence: command line > `--config` or `--recipe` YAML > stage preset > `SFTConfig` defaults.
 """
 
