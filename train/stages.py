@@ -410,6 +410,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
     """Model, processor, decoder loss and data for `script_args.stage`, wrapped in a `DreamLLMTrainer`."""
     folder = Path(script_args.model_name_or_path)
     preset = STAGES[script_args.stage]
+    resolve_alignment(script_args)  # arguments built without parse_args too
     set_seed(training_args.seed)
     check_model_folder(folder)
     processor = load_processor(folder)
