@@ -39,6 +39,7 @@ from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
 from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
 
 IGNORE_INDEX = -100
@@ -355,9 +356,13 @@ class DreamLLMTrainer(SFTTrainer):
         target = model if model is not None else self.model
         # Everything the resume reads is checked first: a missing or cut-short file is named, not half-loaded.
         world = self.args.world_size
+        try:
+            expected = weight_names(self.decoder_folder)  # the tensors of the folder this run started from
+        except InputError:
+            expected = None  # a decoder-only folder: no tensor list to compare with
         check_resumable(
             resume_from_checkpoint,
-            expected=weight_names(self.decoder_folder),  # the tensors of the folder this run started from
+            expected=expected,
             rng_file="rng_state.pth" if world <= 1 else f"rng_state_{self.args.process_index}.pth",
             optimizer_files=not (self.is_deepspeed_enabled or self.is_fsdp_enabled),  # they keep their own files
             adapter=isinstance(self._unwrapped(target), PeftModel),
