@@ -406,12 +406,51 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return self(input_ids=null_ids, use_cache=False, logits_to_keep=1, return_dict=True).condition_embeds
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args, cache: Cache | None = None, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
         # Image inputs go to the call that reads their blocks: the first one with nothing cached. That is the prefill,
         # and also an assistant model's first draft call, which transformers does not count as a first iteration.
         if cache is None or cache.get_seq_length() == 0:
-            kwargs["is_first_iteration"] = True
-        return super().prepare_inputs_for_generation(input_ids, *args, cache=cache, **kwargs)
+            is_first_iteration = True
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output: dict, expand_size: int = 1, inputs_embeds=None):
+        # Beam search and `num_return_sequences` repeat each row `expand_size` times; each copy needs its row's images.
+        # transformers groups images by `config.image_token_id`, but DreamLLM rows hold `<im_start>` blocks instead
+        # (`<image>` is the processor's placeholder), so group by those.
+        image_outputs = mm_encoder_output.get("image")
+        if expand_size == 1 or image_outputs is None or image_outputs.pooler_output is None:
+            return mm_encoder_output
+        if input_ids is None or input_ids.numel() == 0:
+            input_ids = self.model.block_token_ids_from_embeds(inputs_embeds)
+        per_row = (input_ids == self.config.image_start_token_id).sum(-1).tolist()
+        features = list(image_outputs.pooler_output)
+        if sum(per_row) != len(features):
+            raise ValueError(f"the input has {sum(per_row)} image blocks but {len(features)} images were given")
+        starts = [sum(per_row[:row]) for row in range(len(per_row))]
+        image_outputs.pooler_output = [
+            feature
+            for start, count in zip(starts, per_row)
+            for _ in range(expand_size)
+            for feature in features[start : start + count]
+        ]
+        return mm_encoder_output
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

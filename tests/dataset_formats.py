@@ -4,8 +4,9 @@
 
 - `write_img2dataset_shards`: img2dataset's `--output_format webdataset` output: `00000.tar` with `KEY.jpg`,
   `KEY.txt`, `KEY.json` members (KEY = 5-digit shard number + the index within the shard, padded to
-  ceil(log10(number_sample_per_shard)) digits; members in webdataset's TarWriter order, mode 0o444, user "bigdata"), beside `00000.parquet` (every url, failed ones too) and `00000_stats.json`. Failed
-  downloads are absent from the tar. The `.json` holds img2dataset's metadata: url, caption, key, status,
+  ceil(log10(number_sample_per_shard)) digits; members in webdataset's TarWriter order, mode 0o444, user
+  "bigdata"), beside `00000.parquet` (every url, failed ones too) and `00000_stats.json`. Failed downloads are
+  absent from the tar. The `.json` holds img2dataset's metadata: url, caption, key, status,
   error_message, width, height, original_width, original_height, exif, sha256.
 - `write_mmc4_core`: MMC4's `docs_no_face_shard_N_v3.jsonl` lines (url, text_list, image_info with image_name,
   raw_url, matched_text_index, matched_sim; similarity_matrix, could_have_url_duplicate) and the downloaded images
@@ -45,11 +46,13 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_img2dataset_shards(
-    folder: Path, count: int = 6, per_shard: int = 4, failed: tuple[int, ...] = (1,), caption_file: bool = True
+    folder: Path, count: int = 6, per_shard: int = 4, failed: tuple[int, ...] = (1,), caption_file: bool = True,
+    size: int = 48,
 ) -> Path:
-    """img2dataset's webdataset output for `count` urls (the `failed` ones did not download)."""
+    """img2dataset's webdataset output for `count` urls of `size` px pictures (the `failed` ones did not
+    download)."""
     folder.mkdir(parents=True, exist_ok=True)
-    items = shape_items(count)
+    items = [(caption, image.resize((size, size))) for caption, image in shape_items(count)]
     sample_digits = math.ceil(math.log10(per_shard))
     for shard in range(-(-count // per_shard)):
         rows = []
@@ -167,7 +170,7 @@ def write_instruct_mmc4(folder: Path, count: int = 2) -> Path:
 def write_recipe_data(root: Path) -> Path:
     """Every dataset path the DreamLLM-7B recipes name, relative to one `data_root`, in its tool's layout."""
     for name in ("laion400m-20m", "laion-coco", "blip-laion"):
-        write_img2dataset_shards(root / name)
+        write_img2dataset_shards(root / name, size=160)  # over the SFT recipe's pair_min_size (128)
     write_llava_pretrain(root / "llava-pretrain")
     write_llava_pretrain(root / "gqa", name="gqa_sft_train_short_filtered.json")
     write_mmc4_core(root / "mmc4-core")

@@ -16,7 +16,7 @@ from dataset_formats import (
 )
 from train.data import build_train_dataset
 from train.data.example_files import shape_image
-from train.data.samples import SampleBuilder
+from train.data.samples import BadSample, SampleBuilder
 from train.data.sources import detect_kind
 
 IGNORE = -100
@@ -75,6 +75,14 @@ def test_creation_pairs_learn_their_caption_or_nothing(tmp_path, tiny_processor)
         SampleBuilder(pair_labels="captions")
 
 
+def test_pair_min_size_skips_small_pairs(rgb_image):
+    # the official SFT pair filter (min_size=128): both sides must be larger; rgb_image is 48x40
+    spec = SampleBuilder(pair_min_size=39).pair("key", "a picture", rgb_image)
+    assert [image.size for image in spec.images + spec.extra_targets] == [(48, 40)]
+    with pytest.raises(BadSample, match="small_image: 48x40 pixels, at most 40 on a side"):
+        SampleBuilder(pair_min_size=40).pair("key", "a picture", rgb_image)
+
+
 def test_mmc4_core_shard_with_the_similarity_filter_and_alignment_blocks(tmp_path, tiny_processor):
     path = write_mmc4_core(tmp_path / "mmc4-core", count=2)
     line = json.loads(path.read_text().splitlines()[0])
@@ -116,7 +124,8 @@ def test_creation_only_documents_truncate_with_their_targets(tmp_path, tiny_proc
     cut = samples(build_train_dataset([str(path)], tiny_processor, min_similarity=None,
                                       interleaved_blocks="creation", max_length=limit))[0]
     blocks = int((torch.as_tensor(cut["input_ids"]) == tiny_processor.dream_start_token_id).sum())
-    assert len(cut["input_ids"]) <= limit and blocks == count(cut, "target_pixel_values") < count(full, "target_pixel_values")
+    assert len(cut["input_ids"]) <= limit
+    assert blocks == count(cut, "target_pixel_values") < count(full, "target_pixel_values")
 
 
 def test_llava_instruct_and_pretrain_json_with_their_image_folders(tmp_path, tiny_processor):

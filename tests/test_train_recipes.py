@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from dataset_formats import write_recipe_data
 from train.errors import InputError
 from train.merge_alignment import merge_alignment
-from train.recipe import load_recipe
-from train.stages import main, parse_args
+from train.recipe import check_formats, load_recipe
+from train.stages import main, parse_args, resolve_max_steps
 
 RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes" / "dreamllm-7b"
 PROJECTORS = ["model.vision_projector", "model.dream_queries", "model.condition_projector"]
@@ -75,6 +75,7 @@ def test_print_config_reads_as_the_official_recipe(name, capsys):
     assert (data_format["pair_labels"], data_format["reply_dream_labels"]) == ("none", "none")
     assert data_format["creation_prob"] == official["creation_prob"] and data_format["min_similarity"] is None
     assert data_format["condition_drop_prob"] == 0.1  # kept on purpose (docs/differences.md)
+    assert data_format["pair_min_size"] == (128 if name == "sft" else 0)  # the official SFT's min_size
     sizes = {entry["name"]: entry["size"] for entry in printed["mixture"]}
     assert sizes == official["sizes"]
     total = sum(sizes.values())
@@ -90,6 +91,8 @@ def test_recipe_options_and_errors(tmp_path):
                                  "--data_root", str(tmp_path), "--output_dir", str(tmp_path), "--bf16", "false",
                                  "--tf32", "false"])
     assert training.learning_rate == 1e-5 and args.data == load_recipe(RECIPES / "igpt.yaml").data_specs()
+    resolve_max_steps(args, training)  # one process: the epoch's 17M samples in batches of 16
+    assert (args.samples_per_epoch, training.max_steps) == (17_000_000, 1_062_500)
     # the project's defaults are unchanged without a recipe (the shapes-world recipe relies on them)
     args, _ = parse_args(["--stage", "alignment", "--model_name_or_path", "m", "--output_dir", str(tmp_path)])
     assert (args.alignment, args.pair_labels, args.reply_dream_labels, args.creation_prob, args.min_similarity) == (
@@ -107,6 +110,12 @@ def test_recipe_options_and_errors(tmp_path):
                                                                 "size": 3}]}))
     with pytest.raises(ValueError, match="mixture entry 1.*format 'laion'"):
         parse_args(["--recipe", str(bad)])
+    # a run checks each entry's declared format against what the readers find there
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_text("{}\n")
+    bad.write_text(yaml.safe_dump({"mixture": [{"name": "x", "format": "img2dataset", "path": "docs", "size": 3}]}))
+    with pytest.raises(InputError, match="x is declared img2dataset .* reads as json"):
+        check_formats(load_recipe(bad), str(tmp_path))
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:

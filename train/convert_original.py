@@ -53,7 +53,7 @@ from train.convert_original_sources import (
     open_tensor_store,
     read_json,
 )
-from train.convert_original_writer import parse_size, write_safetensors_shards
+from train.convert_original_writer import write_safetensors_shards
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,8 @@ def convert_original(
 
     # 2. Write into a hidden sibling; move into place only when complete.
     with staged_folder(output_dir) as staging:
-        max_bytes = parse_size(max_shard_size)
         model_tensors = [plan.tensors[MODEL][key] for key in expected[MODEL]]  # module order: layer-local shards
-        write_safetensors_shards(staging, model_tensors, torch_dtype, "model", max_bytes)
+        write_safetensors_shards(staging, model_tensors, torch_dtype, "model", max_shard_size)
         for name in DECODER_SUBFOLDERS:
             (staging / name).mkdir()
             (staging / name / DIFFUSION_CONFIG_FILES[name]).write_text(
@@ -131,7 +130,7 @@ def convert_original(
             )
         for component in (UNET, VAE):
             tensors = [plan.tensors[component][key] for key in expected[component]]
-            write_safetensors_shards(staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_bytes)
+            write_safetensors_shards(staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_shard_size)
 
         _, resolution = decoder_geometry(staging)
         tokenizer.model_max_length = config.text_config.max_position_embeddings

@@ -90,7 +90,8 @@ def _entry(recipe_path: str, number: int, raw) -> MixtureEntry:
     weight = raw.get("weight", size)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         raise InputError(f"{where} ({raw['name']}): weight must be a positive number, got {weight!r}")
-    return MixtureEntry(str(raw["name"]), raw["format"], str(raw["path"]), size, float(weight), str(raw.get("note", "")))
+    note = str(raw.get("note", ""))
+    return MixtureEntry(str(raw["name"]), raw["format"], str(raw["path"]), size, float(weight), note)
 
 
 def load_recipe(path: str | Path) -> Recipe:

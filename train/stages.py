@@ -9,20 +9,21 @@
     accelerate launch --config_file train/accelerate_configs/fsdp2.yaml -m train --stage igpt ...
     python -m train --recipe train/recipes/dreamllm-7b/igpt.yaml --data_root /data [--print_config]  # docs/recipes.md
 
-Stage presets (paper / official configs; every value can be overridden on the command line or in `--config`):
+Stage presets (the official configs' learning rates and loss weights, except the joint alignment run; every value
+can be overridden on the command line, in `--config` or in `--recipe`):
 
-| stage     | trained                                         | lr   | loss weights lm/diffusion |
-|-----------|-------------------------------------------------|------|---------------------------|
-| alignment | visual projector, dream queries, cond. projector| 2e-3 | 1 / 1                     |
-|  creation |   dream queries, cond. projector (official run) | 2e-3 | 0 / 1                     |
-|  compreh. |   visual projector (official run)               | 2e-3 | 1 / 0                     |
-| igpt      | + the whole LLM (embeddings, lm_head)           | 2e-5 | 1 / 10                    |
-| sft       | as igpt                                         | 4e-5 | 1 / 10                    |
+| stage (`--alignment`)   | trained                                          | lr   | loss weights lm/diffusion |
+|-------------------------|--------------------------------------------------|------|---------------------------|
+| alignment (joint)       | visual projector, dream queries, cond. projector | 2e-3 | 1 / 1 (this project)      |
+| alignment (creation)    | dream queries, cond. projector (official run)    | 2e-3 | 0 / 1                     |
+| alignment (compreh.)    | visual projector (official run)                  | 2e-3 | 1 / 0                     |
+| igpt                    | + the whole LLM (embeddings, lm_head)            | 2e-5 | 1 / 10                    |
+| sft                     | as igpt                                          | 4e-5 | 1 / 10                    |
 
 CLIP, the UNet and the VAE are frozen in every stage. Each stage reads the previous stage's output folder, and
 every folder it writes (checkpoints included) has the same layout and loads directly.
-`--alignment joint|creation|comprehension` picks the alignment stage's variant: the project's one joint run, or
-the official pair of runs (`python -m train merge` then assembles I-GPT's start from them, see `train.merge_alignment`).
+`--alignment joint|creation|comprehension` picks the alignment stage's variant: the project's one joint run, or the
+official pair of runs (`python -m train merge` then assembles I-GPT's start from them: `train.merge_alignment`).
 Precedence: command line > `--config` or `--recipe` YAML > stage preset > `SFTConfig` defaults.
 """
 
@@ -165,6 +166,10 @@ class DreamLLMArguments:
     reply_dream_labels: str = field(
         default="dream_start", metadata={"choices": list(REPLY_DREAM_LABELS), "help": "whether a <dream> in an "
                                          "assistant reply learns <dream_start> (none: official)"}
+    )
+    pair_min_size: int = field(
+        default=0, metadata={"help": "skip image-text pairs whose image has a side of this many pixels or fewer "
+                                     "(official SFT: 128)"}
     )
     data_root: str | None = field(default=None, metadata={"help": "folder that relative --data paths are under"})
     samples_per_epoch: int | None = field(
@@ -405,6 +410,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
     """Model, processor, decoder loss and data for `script_args.stage`, wrapped in a `DreamLLMTrainer`."""
     folder = Path(script_args.model_name_or_path)
     preset = STAGES[script_args.stage]
+    resolve_alignment(script_args)  # arguments built without parse_args too
     set_seed(training_args.seed)
     check_model_folder(folder)
     processor = load_processor(folder)
@@ -427,6 +433,7 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         pair_labels=script_args.pair_labels,
         reply_dream_labels=script_args.reply_dream_labels,
         interleaved_blocks=ALIGNMENTS[script_args.alignment].interleaved_blocks,
+        pair_min_size=script_args.pair_min_size,
     )
     model = load_model(folder)
     set_stage_trainable(model, script_args.stage, script_args.alignment)
@@ -480,6 +487,7 @@ def resolved_settings(script_args: DreamLLMArguments, training_args: SFTConfig) 
             "creation_prob": script_args.creation_prob,
             "interleaved_blocks": ALIGNMENTS[script_args.alignment].interleaved_blocks,
             "min_similarity": script_args.min_similarity,
+            "pair_min_size": script_args.pair_min_size,
             "max_length": training_args.max_length or "the tokenizer's model_max_length",
             "condition_drop_prob": _first_set(script_args.condition_drop_prob, "the model config's"),
         },
@@ -488,7 +496,8 @@ def resolved_settings(script_args: DreamLLMArguments, training_args: SFTConfig) 
     if recipe is not None and script_args.data == recipe.data_specs():
         total = sum(entry.weight for entry in recipe.mixture)
         settings["mixture"] = [
-            {**asdict(entry), "path": rooted(entry.path, script_args.data_root), "probability": round(entry.weight / total, 6)}
+            {**asdict(entry), "path": rooted(entry.path, script_args.data_root),
+             "probability": round(entry.weight / total, 6)}
             for entry in recipe.mixture
         ]
     else:

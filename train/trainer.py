@@ -34,6 +34,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
+from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
@@ -42,7 +43,6 @@ from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
 
-IGNORE_INDEX = -100
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")

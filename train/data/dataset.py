@@ -146,7 +146,8 @@ def build_train_dataset(
 ) -> Dataset | IterableDataset:
     """The encoded training dataset of `--data` specs `PATH[:WEIGHT]` (see `train.data.sources`); records may name
     images in their own folders and in `image_folders`, files of at most `max_file_bytes`. `format_options` are
-    `SampleBuilder`'s label and block options (`pair_labels`, `reply_dream_labels`, `interleaved_blocks`)."""
+    `SampleBuilder`'s label and block options (`pair_labels`, `reply_dream_labels`, `interleaved_blocks`,
+    `pair_min_size`)."""
     if not data:
         raise InputError("no training data: pass --data PATH (a folder of pairs, .tar shards, .jsonl/.json, ...)")
     for folder in image_folders:

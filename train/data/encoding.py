@@ -17,11 +17,12 @@ from datasets import IterableDataset
 
 from train.errors import InputError
 
+from processing_dreamllm import IGNORE_INDEX
+
 from .samples import NOTE_KEYS, SKIP_REASONS, BadSample, SampleBuilder, SampleSpec
 
 COUNT_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS) + NOTE_KEYS
 SAMPLE_KEYS = ("input_ids", "labels", "pixel_values", "target_pixel_values", "data_counts")
-IGNORE_INDEX = -100
 
 
 class SampleEncoder:

@@ -57,7 +57,8 @@ REPLY_DREAM_LABELS = ("dream_start", "none")
 INTERLEAVED_BLOCKS = ("both", "creation", "comprehension")
 PATH_REASONS = ("url_not_fetched", "outside_data_folder", "not_a_regular_file", "file_too_large")
 SKIP_REASONS = (
-    "broken_json", "missing_field", "invalid_field", "unreadable_image", *PATH_REASONS, "too_long", "invalid_sample"
+    "broken_json", "missing_field", "invalid_field", "unreadable_image", *PATH_REASONS, "too_long", "invalid_sample",
+    "small_image",
 )
 NOTE_KEYS = ("dropped_unreadable_images", "filtered_low_similarity_images")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -83,7 +84,7 @@ class SampleSpec:
     extra_targets: list[Image.Image] = field(default_factory=list)
     truncatable: bool = False  # long documents may lose trailing blocks; others are skipped as too long
     learn_labels: bool = True  # False: every label is -100 (a creation pair under pair_labels="none")
-    learn_dream_start: bool = True  # False: `<dream_start>` is not learned (reply `<dream>`s, reply_dream_labels="none")
+    learn_dream_start: bool = True  # False: `<dream_start>` unlearned (reply `<dream>`s, reply_dream_labels="none")
     notes: Counter = field(default_factory=Counter)
 
 
@@ -206,6 +207,8 @@ class SampleBuilder:
         max_file_bytes: largest file (image or caption) read.
         pair_labels, reply_dream_labels, interleaved_blocks: what is learned and which blocks an interleaved
             document keeps (the module docstring; `PAIR_LABELS`, `REPLY_DREAM_LABELS`, `INTERLEAVED_BLOCKS`).
+        pair_min_size: image-text pairs whose image has a side of this many pixels or fewer are skipped
+            (`small_image`); 0: none (the official SFT run uses 128).
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class SampleBuilder:
         pair_labels: str = "caption",
         reply_dream_labels: str = "dream_start",
         interleaved_blocks: str = "both",
+        pair_min_size: int = 0,
     ):
         if not 0 <= creation_prob <= 1:
             raise ValueError(f"creation_prob must be in [0, 1], got {creation_prob}")
@@ -237,6 +241,7 @@ class SampleBuilder:
         self.pair_labels = pair_labels
         self.reply_dream_labels = reply_dream_labels
         self.interleaved_blocks = interleaved_blocks
+        self.pair_min_size = pair_min_size
 
     def build(self, row: dict) -> SampleSpec:
         payload = json.loads(row["record"])
@@ -293,6 +298,8 @@ class SampleBuilder:
         if not isinstance(caption, str) or not caption.strip():
             raise BadSample("missing_field" if not caption else "invalid_field", f"caption {caption!r}"[:200])
         caption = caption.strip()
+        if min(image.size) <= self.pair_min_size:
+            raise BadSample("small_image", f"{image.width}x{image.height} pixels, at most {self.pair_min_size} on a side")
         if self._is_creation(key):
             return SampleSpec(text=caption + DREAM, extra_targets=[image], learn_labels=self.pair_labels == "caption")
         return SampleSpec(text=IMAGE + caption, images=[image])
