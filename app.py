@@ -51,7 +51,10 @@ LIMITS = Limits()
 def is_toy(folder: Path) -> bool:
     """Whether the folder's model card tags it as a shapes-world model."""
     card = folder / "README.md"
-    return card.is_file() and "\n- toy\n" in card.read_text().split("\n---", 1)[0]
+    if not card.is_file():
+        return False
+    front_matter = card.read_text().split("\n---", 1)[0]  # the YAML block between the first two '---' lines
+    return "- toy" in front_matter.splitlines()
 
 
 def toy_vocabulary_markdown() -> str:
@@ -118,9 +121,10 @@ class Chat:
             _check_range(name, value, bounds)
         images = read_uploads(files, self.upload_folder)
 
-        content = [{"type": "image", "image": image} for image in images] + ([{"type": "text", "text": text}] if text else [])
+        texts = [text] if text else []
+        content = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": t} for t in texts]
         conversation = list(conversation or []) + [{"role": "user", "content": content}]
-        history = list(history or []) + [{"role": "user", "content": [_shown(image) for image in images] + ([text] if text else [])}]
+        history = list(history or []) + [{"role": "user", "content": [_shown(image) for image in images] + texts}]
         history.append({"role": "assistant", "content": []})
         yield history, conversation, None
 

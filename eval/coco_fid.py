@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"FID {frechet_distance(Path(args.generated), Path(args.reference), batch_size=args.batch_size):.3f}")
     else:
         manifest = read_manifest(args.manifest)
-        print(f"CLIPScore {clip_score(Path(args.images), manifest, args.clip, args.batch_size):.3f} ({len(manifest)} images)")
+        score = clip_score(Path(args.images), manifest, args.clip, args.batch_size)
+        print(f"CLIPScore {score:.3f} ({len(manifest)} images)")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ class DreamLLM(lmms):
         if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
             raise ValueError(f"dreamllm: dtype={dtype!r} is not a torch dtype name (float32, bfloat16, float16)")
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = DreamLLMForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, dtype)).to(self._device).eval()
+        model = DreamLLMForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, dtype))
+        self.model = model.to(self._device).eval()
         self.processor = DreamLLMProcessor.from_pretrained(pretrained, config=self.model.config)
         self.max_new_tokens = int(max_new_tokens)
 

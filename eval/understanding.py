@@ -37,6 +37,7 @@ def evaluate(
     dtype: str = "float32",
     log_samples: bool = False,
     seed: int = 0,
+    include_paths: list[str | Path] = (),
 ) -> dict:
     """lmms-eval's `simple_evaluate` of the `dreamllm` model on `tasks`; returns its results dict.
 
@@ -52,7 +53,8 @@ def evaluate(
     if not Path(model).is_dir():
         raise FileNotFoundError(f"--model {model}: not a DreamLLM folder")
     register_dreamllm()
-    task_manager = TaskManager("WARNING", include_path=str(TASKS_DIR), model_name="dreamllm")
+    paths = [str(TASKS_DIR), *map(str, include_paths)]
+    task_manager = TaskManager("WARNING", include_path=paths, model_name="dreamllm")
     unknown = [task for task in tasks if not task_manager.match_tasks([task])]
     if unknown:
         raise ValueError(f"--tasks: unknown lmms-eval task(s) {unknown} (local ones: shapes_vqa, shapes_vqa_mc)")
@@ -81,13 +83,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--output", type=Path, default=None, help="folder for results.json")
     parser.add_argument("--log-samples", action="store_true", help="keep every answer in the results")
+    parser.add_argument("--include-path", action="append", default=[], help="another folder of lmms-eval task "
+                        "YAMLs, e.g. lmms-eval's own lmms_eval/tasks from its source (its 0.7 wheel ships none)")
     args = parser.parse_args(argv)
     from lmms_eval.utils import make_table
     from lmms_eval.loggers.utils import _handle_non_serializable
 
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
-    results = evaluate(args.model, tasks, limit, args.device, args.dtype, args.log_samples)
+    results = evaluate(args.model, tasks, limit, args.device, args.dtype, args.log_samples,
+                       include_paths=args.include_path)
     print(make_table(results))
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
