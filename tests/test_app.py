@@ -176,6 +176,11 @@ def test_browser_shows_a_story_with_images(server, tmp_path):
             while time.time() < deadline and not evaluate(f"{created}.length"):
                 time.sleep(1)
             assert evaluate(f"{created}.length") >= 1, "no created image appeared in the conversation"
+            reply, steady = None, 0  # then wait for the story to end: the reply unchanged for 3 s
+            while time.time() < deadline and steady < 3:
+                now = evaluate(f"document.querySelector('.message-wrap').innerText + {created}.length")
+                steady, reply = (steady + 1 if now == reply else 0), now
+                time.sleep(1)
             assert "square" in evaluate("document.querySelector('.message-wrap').innerText").lower()
             evaluate(f"{created}[0].scrollIntoView({{block: 'center'}})")
             time.sleep(0.5)

@@ -16,11 +16,21 @@ TOY = REPO_ROOT / "checkpoints" / "toy"
 LIMIT = 120  # the first 120 held-out questions hold one the toy model gets wrong (index 109)
 
 
+MC_LIMIT = 30  # each multiple-choice question costs one forward per choice
+
+
 @pytest.fixture(scope="module")
 def lmms_results():
     from eval.understanding import main
 
-    return main(["--model", str(TOY), "--tasks", "shapes_vqa,shapes_vqa_mc", "--limit", str(LIMIT), "--log-samples"])
+    return main(["--model", str(TOY), "--tasks", "shapes_vqa", "--limit", str(LIMIT), "--log-samples"])
+
+
+@pytest.fixture(scope="module")
+def mc_results():
+    from eval.understanding import main
+
+    return main(["--model", str(TOY), "--tasks", "shapes_vqa_mc", "--limit", str(MC_LIMIT), "--log-samples"])
 
 
 def test_shapes_vqa_agrees_with_the_toy_evaluation(lmms_results):
@@ -38,16 +48,16 @@ def test_shapes_vqa_agrees_with_the_toy_evaluation(lmms_results):
     assert len(samples) == LIMIT and [s["doc_id"] for s in samples if not s["accuracy"]] == [109]
 
 
-def test_multiple_choice_ranks_choices_by_likelihood(lmms_results):
-    samples = lmms_results["samples"]["shapes_vqa_mc"]
-    assert len(samples) == LIMIT
+def test_multiple_choice_ranks_choices_by_likelihood(mc_results):
+    samples = mc_results["samples"]["shapes_vqa_mc"]
+    assert len(samples) == MC_LIMIT
     for sample in samples:
         nll = [pair[0] for pair in sample["filtered_resps"]]
         assert len(nll) == len(sample["doc"]["choices"]) and all(value > 0 for value in nll)
         greedy = [pair[1] for pair in sample["filtered_resps"]]
         assert sum(greedy) <= 1  # one choice at most is what greedy decoding writes
     # The toy model answers nearly every written question right; scoring its choices must agree.
-    assert lmms_results["results"]["shapes_vqa_mc"]["acc,none"] >= 0.97
+    assert mc_results["results"]["shapes_vqa_mc"]["acc,none"] >= 0.95
 
 
 def test_unknown_task_and_missing_model_are_refused():
