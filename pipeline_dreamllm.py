@@ -23,8 +23,11 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+# Stable Diffusion's two helpers, imported from diffusers modules that hold the same functions ("Copied from" the SD
+# pipeline) without importing the SD pipeline module, whose `CLIPImageProcessor` import warns where torchvision is absent.
+from diffusers.guiders.guider_utils import rescale_noise_cfg
+from diffusers.modular_pipelines.ltx.before_denoise import retrieve_timesteps
 from diffusers.pipelines.pipeline_utils import SUPPORTED_DEVICE_MAP
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, ProcessorMixin

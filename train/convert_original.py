@@ -67,7 +67,10 @@ def write_transformers_files(staging: Path, config: DreamLLMConfig, processor: D
     custom_object_save(model, staging, config=config)
     config.save_pretrained(staging)
     GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=config.special_token_ids,  # plain `generate` writes text only
     ).save_pretrained(staging)
     processor.save_pretrained(staging)
 
