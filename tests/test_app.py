@@ -77,8 +77,9 @@ def reply_parts(history) -> tuple[list[str], list[str]]:
 def test_story_streams_text_and_images(server):
     client = Client(server, verbose=False)
     job = chat(client, STORY)
-    updates = list(job)
-    history = job.outputs()[-1][0]
+    history = job.result()[0]
+    # Every streamed update (gradio_client may also list a dropped keep-alive connection among them).
+    updates = [update for update in job.outputs() if isinstance(update, (list, tuple))]
     texts, images = reply_parts(history)
     assert texts and images, history
     # The reply grew segment by segment: the assistant's content length went up one at a time.
@@ -106,12 +107,13 @@ def test_uploaded_image_is_read(server, tmp_path):
     [
         ("", {}, "write a message"),
         ("a" * 2001, {}, "at most 2000"),
+        ("<image> What color is the shape?", {}, "reserved token"),  # images come only as uploads
         # gradio's sliders refuse out-of-range values themselves; the handler checks them again
         (STORY, {"steps": 0}, "less than minimum|steps must be between"),
         (STORY, {"max_images": 50}, "greater than maximum|maximum images must be between"),
         (STORY, {"guidance": 25.0}, "greater than maximum|guidance must be between"),
     ],
-    ids=["empty", "too-long", "steps", "max-images", "guidance"],
+    ids=["empty", "too-long", "typed-image-token", "steps", "max-images", "guidance"],
 )
 def test_bad_requests_get_errors(server, message, settings, error):
     with pytest.raises(AppError, match=error):

@@ -81,8 +81,15 @@ def test_entry_point_declared_in_pyproject_resolves_to_the_adapter():
     assert registry.get_model_class("dreamllm") is DreamLLM
 
 
+def dreamllm_entry_point_installed() -> bool:
+    """Whether a Python started outside the repository (as lmms-eval's CLI is below) sees the entry point."""
+    probe = "import importlib.metadata as m; print(bool(m.entry_points(group='lmms_eval.models', name='dreamllm')))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=60)
+    return result.stdout.strip() == "True"
+
+
 @pytest.mark.skipif(
-    not importlib.metadata.entry_points(group="lmms_eval.models", name="dreamllm"),
+    not dreamllm_entry_point_installed(),
     reason="the project is not installed (pip install -e .), so lmms-eval's CLI cannot find the dreamllm entry point",
 )
 def test_lmms_eval_cli_runs_the_installed_model(tmp_path):
