@@ -218,13 +218,11 @@ class DreamLLMTrainer(SFTTrainer):
         if enable_fsdp_on_cpu(self.accelerator):  # an FSDP launch on CPU processes (see train.cpu_fsdp)
             self.is_fsdp_enabled = True
 
-    def gathers_parameters(self) -> bool:
-        """FSDP and ZeRO-3 gather sharded parameters in collectives inside every forward, so all ranks must run the
-        same forwards in a step, whatever their batches hold."""
-        if self.is_fsdp_enabled:
-            return True
-        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
-        return plugin is not None and plugin.zero_stage == 3
+    def same_graph_on_every_rank(self) -> bool:
+        """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as
+        they become ready (FSDP, ZeRO-2/3), so every rank must run the same forwards and give every trainable
+        parameter a gradient, whatever its batch holds (DDP finds unused parameters itself)."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
 
     def _reduce_unused_parameters(self, model) -> None:
         # A rank whose batch has no image (or no creation block) leaves the visual projector (or the dream queries)
@@ -275,10 +273,10 @@ class DreamLLMTrainer(SFTTrainer):
         # The plain forward, not TRL's fused LM head: it is the forward that returns `condition_embeds`. Rows of
         # very different lengths run as length buckets, each without the longer rows' padding; their condition
         # blocks come back in row order, which is the order of the targets.
-        gathers = self.gathers_parameters()
-        if gathers:
+        same_graph = self.same_graph_on_every_rank()
+        if same_graph:
             self._reduce_unused_parameters(model)
-        if buckets is None or return_outputs or gathers:  # sharded: one forward per step on every rank
+        if buckets is None or return_outputs or same_graph:  # one forward per step on every rank
             forwards = [(model(**inputs, use_cache=False), labels)]
         else:
             forwards = [
@@ -298,7 +296,7 @@ class DreamLLMTrainer(SFTTrainer):
         targets = targets if self.diffusion_loss_weight else None
         null = None
         drop_prob = self.condition_drop_prob if model.training else 0.0
-        if drop_prob > 0 and (condition_embeds is not None or gathers):
+        if drop_prob > 0 and (condition_embeds is not None or same_graph):
             null = self.null_condition(model)
         # Without creation blocks the loss is a zero tied to the creation parameters, so a single process sees
         # them in the graph; under DDP/FSDP/DeepSpeed it is a plain zero, since a parameter used outside the
@@ -308,8 +306,12 @@ class DreamLLMTrainer(SFTTrainer):
             condition_embeds, targets, null_condition=null, condition_drop_prob=drop_prob, anchors=anchors
         )
         loss = self.lm_loss_weight * lm_loss + self.diffusion_loss_weight * diffusion_loss
-        if null is not None and condition_embeds is None:  # sharded, no creation block here: same graph anyway
+        if null is not None and condition_embeds is None:  # no creation block here: the same graph anyway
             loss = loss + 0.0 * null.float().sum()
+        if same_graph and self.is_deepspeed_enabled and inputs.get("pixel_values") is None:
+            # No image in this rank's batch: a zero gradient for the visual projector, as FSDP2 reduces one itself.
+            projector = self._dreamllm(model).model.vision_projector
+            loss = loss + 0.0 * sum(param.float().sum() for param in projector.parameters())
 
         mode = "train" if model.training else "eval"
         terms = torch.stack([lm_loss.detach().float(), diffusion_loss.detach().float().to(lm_loss.device)])
