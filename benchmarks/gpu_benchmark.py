@@ -197,7 +197,7 @@ def bench_lora_step(pipe: DreamLLMPipeline, decoder_scheduler, folder: Path, scr
     set_stage_trainable(model, "igpt")
     model.requires_grad_(False)
     model = apply_lora(model, 16, train_modules=PROJECTORS_AND_QUERIES)
-    model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     dataset = build_train_dataset([str(write_mmc4(scratch / "mmc4"))], pipe.processor, creation_prob=1.0)
     decoder = DreamLLMDiffusionLoss(pipe.unet, pipe.vae, decoder_scheduler)
     trainer = DreamLLMTrainer(model, args, diffusion_loss=decoder, decoder_folder=folder, train_dataset=dataset,
