@@ -110,6 +110,11 @@ class DreamLLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     @property
+    def special_token_ids(self) -> list[int]:
+        """Ids of the seven DreamLLM tokens (placeholders, block markers and slots), in `SPECIAL_TOKENS` order."""
+        return [getattr(self, name) for name in SPECIAL_TOKENS]
+
+    @property
     def num_image_tokens(self) -> int:
         """Number of CLIP patch features per input image (the CLS token is dropped)."""
         return (self.vision_config.image_size // self.vision_config.patch_size) ** 2

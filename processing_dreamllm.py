@@ -4,16 +4,24 @@ inputs, diffusion targets and LM labels."""
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+import PIL.Image
+import torch
+import transformers
 from transformers import BatchFeature, ProcessorMixin
 
 try:
-    from .configuration_dreamllm import DreamLLMConfig
+    from .configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dreamllm import DreamLLMConfig
+    from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-DREAM_PLACEHOLDER = "<dream>"
+IMAGE_PLACEHOLDER = SPECIAL_TOKENS["image_token_id"]
+DREAM_PLACEHOLDER = SPECIAL_TOKENS["dream_token_id"]
+# Written by the processor from the placeholders, never taken from text.
+BLOCK_TOKENS = tuple(token for token in SPECIAL_TOKENS.values() if token not in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER))
+CHAT_ROLES = ("system", "user", "assistant")
+CONTENT_TYPES = ("text", "image", "dream")
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -21,6 +29,7 @@ SYSTEM_PROMPT = (
 
 # Vicuna v1.1 ("ADD_COLON_TWO": sep " ", sep2 "</s>"), as the released chat models were trained:
 # "{system} USER: {user} ASSISTANT: {assistant}</s>USER: ...". Images render as "<image>\n" before the text.
+# `{% generation %}` marks the learned span of each reply (its text and `</s>`) for `return_assistant_tokens_mask`.
 CHAT_TEMPLATE = (
     "{%- set system = '" + SYSTEM_PROMPT.replace("'", "\\'") + "' -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
@@ -30,18 +39,129 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{{- system + ' ' -}}"
     "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['user', 'assistant'] -%}"
+    "{{- raise_exception(\"DreamLLM chats take 'user' and 'assistant' turns after an optional first 'system' "
+    "message, got role '\" ~ message['role'] ~ \"'\") -}}"
+    "{%- endif -%}"
     "{%- if message['content'] is string -%}{%- set body = message['content'] -%}"
     "{%- else -%}{%- set body = namespace(text='') -%}"
     "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{%- set body.text = body.text + '<image>\\n' -%}"
-    "{%- elif item['type'] == 'dream' -%}{%- set body.text = body.text + '<dream>' -%}"
+    "{%- if item['type'] == 'image' -%}{%- set body.text = body.text + '" + IMAGE_PLACEHOLDER + "\\n' -%}"
+    "{%- elif item['type'] == 'dream' -%}{%- set body.text = body.text + '" + DREAM_PLACEHOLDER + "' -%}"
     "{%- else -%}{%- set body.text = body.text + item['text'] -%}{%- endif -%}"
     "{%- endfor -%}{%- set body = body.text -%}{%- endif -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' + body + ' ' -}}"
-    "{%- else -%}{{- 'ASSISTANT: ' + body + '</s>' -}}{%- endif -%}"
+    "{%- else -%}{{- 'ASSISTANT: ' -}}{%- generation -%}{{- body + '</s>' -}}{%- endgeneration -%}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
+
+
+def check_messages(messages, where: str = "messages") -> None:
+    """Reject a chat the Vicuna template cannot render faithfully, naming the message and the problem: an optional
+    first `system` message, then `user` / `assistant` turns, each with `content` (a string, or a list of `{"type":
+    "text", "text": ...}`, `{"type": "image"}` and `{"type": "dream"}` items)."""
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"{where} must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError(f"{where} is empty: a chat needs at least one message")
+    for index, message in enumerate(messages):
+        name = f"{where}[{index}]"
+        if not isinstance(message, dict):
+            raise TypeError(f"{name} must be a dict with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if message.get(key) is None:
+                raise ValueError(f"{name} has no {key!r}: every message needs a 'role' and a 'content'")
+        role, content = message["role"], message["content"]
+        if role not in CHAT_ROLES or (role == "system" and index > 0):
+            raise ValueError(
+                f"{name} has role {role!r}: DreamLLM chats take 'user' and 'assistant' turns after an optional "
+                "first 'system' message"
+            )
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, (list, tuple)):
+            raise TypeError(f"{name}['content'] must be a string or a list of items, got {type(content).__name__}")
+        for position, item in enumerate(content):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in CONTENT_TYPES or (kind == "text" and not isinstance(item.get("text"), str)):
+                raise ValueError(
+                    f"{name}['content'][{position}] = {item!r:.80} is not a content item: expected "
+                    "{'type': 'text', 'text': str}, {'type': 'image'} or {'type': 'dream'}"
+                )
+            if role == "system" and kind != "text":
+                raise ValueError(f"{name} is a system message with a {kind!r} item: system messages hold text only")
+
+
+def _array_to_uint8(array: np.ndarray, where: str, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel values as uint8: 8-bit as they are, 16-bit scaled down, floats from [0, 1]; anything else is an error."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise TypeError(f"{where} has pixel dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where} is a float image holding NaN or infinite values: float pixels must lie in [0, 1]")
+        if array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"{where} is a float image with values in [{array.min():g}, {array.max():g}]: float pixels "
+                "must lie in [0, 1] (pass uint8 for 0-255 values)"
+            )
+        return np.round(array * 255).astype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    if sixteen_bit or array.dtype == np.uint16:
+        if low < 0 or high > 65535:
+            raise ValueError(f"{where} is a 16-bit image with values in [{low}, {high}], outside [0, 65535]")
+        return np.round(array.astype(np.float64) / 257).astype(np.uint8)
+    if low < 0 or high > 255:
+        raise ValueError(f"{where} is an integer image with values in [{low}, {high}]: expected [0, 255] (uint8)")
+    return array.astype(np.uint8)
+
+
+def to_rgb_image(image, where: str = "image") -> PIL.Image.Image:
+    """One image (a PIL image, or an `(H, W)`, `(H, W, C)` or `(C, H, W)` numpy array or torch tensor with 1, 3 or
+    4 channels) as an 8-bit RGB PIL image; unreadable, empty or ambiguous inputs raise an error naming `where`."""
+    if isinstance(image, PIL.Image.Image):
+        try:
+            image.load()
+        except (OSError, ValueError, AttributeError, SyntaxError) as error:
+            raise ValueError(f"{where} cannot be read: {error} (a truncated, closed or damaged image)") from error
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{where} is empty ({image.width}x{image.height} pixels)")
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit / 32-bit: scale, never saturate
+            array = np.asarray(image)
+            return to_rgb_image(_array_to_uint8(array, where, sixteen_bit=image.mode != "F"), where)
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{where} is a {type(image).__name__}: images must be PIL images, numpy arrays or torch tensors"
+        )
+    array = image[..., None] if image.ndim == 2 else image
+    if array.ndim != 3:
+        raise ValueError(
+            f"{where} is an array of shape {tuple(image.shape)}: one image is (H, W), (H, W, C) or (C, H, W); "
+            "pass several images as a list, one per placeholder"
+        )
+    if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{where} has shape {tuple(image.shape)}: expected 1, 3 or 4 channels")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{where} is empty (shape {tuple(image.shape)})")
+    array = _array_to_uint8(array, where)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
+    return PIL.Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).convert("RGB")
+
+
+def pil_backend(image_processor):
+    """The same image processor on transformers' PIL backend, named explicitly: the plain class name means the
+    torchvision backend (other resizing numerics than training used), and without torchvision a fallback warning."""
+    if image_processor is None or type(image_processor).__name__.endswith("Pil"):
+        return image_processor
+    pil_class = getattr(transformers, type(image_processor).__name__ + "Pil", None)
+    return image_processor if pil_class is None else pil_class(**image_processor.to_dict())
 
 
 @dataclass
@@ -70,6 +190,12 @@ class DreamLLMProcessor(ProcessorMixin):
     `num_dream_queries` x `<im_patch>` + `<dream_end>`, followed by the image's comprehension block when its pixels
     are given. `images` are consumed in document order, one per placeholder; trailing `<dream>`s may come without one.
 
+    Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)` after `<s>`), so the ids of a chat rendered
+    with `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
+    (`encode_conversation`). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_start>`, `<dream_end>`)
+    are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
+    tensors of one image each (uint8, 16-bit, or float in [0, 1]); both image processors run on the PIL backend.
+
     Example:
 
     ```python
@@ -96,26 +222,28 @@ class DreamLLMProcessor(ProcessorMixin):
         self.num_dream_queries = num_dream_queries
         if chat_template is None:
             chat_template = CHAT_TEMPLATE
+        image_processor, diffusion_image_processor = pil_backend(image_processor), pil_backend(diffusion_image_processor)
         super().__init__(image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template)
         ids = tokenizer.convert_tokens_to_ids
         self.pad_token_id = tokenizer.pad_token_id
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
-        self.image_patch_token_id = ids("<im_patch>")
-        self.image_start_token_id = ids("<im_start>")
-        self.image_end_token_id = ids("<im_end>")
-        self.dream_start_token_id = ids("<dream_start>")
-        self.dream_end_token_id = ids("<dream_end>")
+        self.image_token_id = ids(IMAGE_PLACEHOLDER)
+        self.dream_token_id = ids(DREAM_PLACEHOLDER)
+        self.image_patch_token_id = ids(SPECIAL_TOKENS["image_patch_token_id"])
+        self.image_start_token_id = ids(SPECIAL_TOKENS["image_start_token_id"])
+        self.image_end_token_id = ids(SPECIAL_TOKENS["image_end_token_id"])
+        self.dream_start_token_id = ids(SPECIAL_TOKENS["dream_start_token_id"])
+        self.dream_end_token_id = ids(SPECIAL_TOKENS["dream_end_token_id"])
         missing = [
-            token
-            for token in ("<image>", "<dream>", "<im_patch>", "<im_start>", "<im_end>", "<dream_start>", "<dream_end>")
-            if ids(token) in (None, tokenizer.unk_token_id)
+            token for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS) if ids(token) in (None, tokenizer.unk_token_id)
         ]
         if missing or self.pad_token_id is None:
             raise ValueError(
                 f"the tokenizer lacks the DreamLLM special tokens {missing + ([] if self.pad_token_id is not None else ['pad'])}; "
                 "build the folder with `python -m train.assemble`"
             )
+        self._block_token_ids = {ids(token): token for token in BLOCK_TOKENS}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -127,6 +255,13 @@ class DreamLLMProcessor(ProcessorMixin):
             except (OSError, ValueError):  # a processor saved on its own, without a model config
                 pass
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @staticmethod
+    def get_possibly_dynamic_module(module_name):
+        # The image processors named in processor_config.json load on the PIL backend (see `pil_backend`).
+        if module_name.endswith("ImageProcessor") and hasattr(transformers, module_name + "Pil"):
+            module_name += "Pil"
+        return ProcessorMixin.get_possibly_dynamic_module(module_name)
 
     # ----------------------------------------------------------------------------------------------------- blocks
     def image_block(self) -> list[int]:
@@ -156,7 +291,7 @@ class DreamLLMProcessor(ProcessorMixin):
         Encode a document or a batch of documents.
 
         Args:
-            text: one string or a list of strings with `<image>` / `<dream>` placeholders.
+            text: one string or a non-empty list of strings with `<image>` / `<dream>` placeholders.
             images: PIL images / arrays consumed in document order, one per placeholder: a flat list over the batch,
                 or one list per document.
             return_labels: also return `labels`: text, `</s>` and `<dream_start>` are learned; every slot, the other
@@ -165,17 +300,27 @@ class DreamLLMProcessor(ProcessorMixin):
             padding / padding_side: pad to the longest document; the side defaults to right for training
                 (`return_labels`) and left for generation.
             truncation / max_length: documents longer than `max_length` (default: the tokenizer's
-                `model_max_length`) lose whole trailing units (text tokens or image blocks, never part of a block);
-                with `truncation=False` they raise instead.
+                `model_max_length`; must be >= 1) lose whole trailing units (text tokens or image blocks, never part of
+                a block); with `truncation=False` they raise instead.
+
+        Raises:
+            `ValueError` / `TypeError` naming the input: no or empty `text`, text holding block tokens, placeholders
+            and images that do not match, unreadable or ambiguous images, `max_length` < 1.
         """
-        if text is None:
-            raise ValueError("DreamLLMProcessor needs `text` (use `<image>` / `<dream>` placeholders for images)")
-        texts = [text] if isinstance(text, str) else list(text)
-        per_doc_images = self._split_images(texts, images)
-        parts = [[(doc, True)] for doc in texts]
+        texts = self._check_texts(text)
+        encodings = [self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in texts]
+        learned = [[True] * len(ids) for ids in encodings]
         return self._encode_batch(
-            parts, per_doc_images, return_labels, add_eos, padding, padding_side, truncation, max_length, return_tensors
+            encodings, learned, images, return_labels, add_eos, padding, padding_side, truncation, max_length, return_tensors
         )
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """`ProcessorMixin.apply_chat_template` after `check_messages`: roles the template cannot render faithfully
+        (a `tool` turn, a `system` message after the first, a message without `role` or `content`) raise."""
+        batched = isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
+        for index, messages in enumerate(conversation if batched else [conversation]):
+            check_messages(messages, f"conversation[{index}]" if batched else "messages")
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
     def encode_conversation(
         self,
@@ -186,45 +331,72 @@ class DreamLLMProcessor(ProcessorMixin):
         max_length: int | None = None,
         return_tensors: str | None = "pt",
     ) -> BatchFeature:
-        """Encode one chat for supervised fine-tuning: ids as `apply_chat_template` renders them, with labels on the
-        assistant replies (and their `</s>`) only."""
-        system = SYSTEM_PROMPT
-        if messages and messages[0]["role"] == "system":
-            system, messages = self._content_text(messages[0]["content"]), messages[1:]
-        parts = [(system + " ", False)]
-        for message in messages:
-            body = self._content_text(message["content"])
-            if message["role"] == "user":
-                parts.append(("USER: " + body + " ", False))
-            else:
-                parts.extend([("ASSISTANT:", False), (" " + body + "</s>", True)])
-        texts = ["".join(part for part, _ in parts)]
-        per_doc_images = self._split_images(texts, images)
+        """Encode one chat for supervised fine-tuning: the ids inference computes for the rendered chat
+        (`processor(text=processor.apply_chat_template(messages, tokenize=False))`), with labels on the assistant
+        replies and their `</s>` only (the template's `{% generation %}` spans, through the tokenizer's
+        `return_assistant_tokens_mask`). Message content may hold `<image>` / `<dream>` placeholders or `{"type":
+        "image"}` / `{"type": "dream"}` items.
+
+        Example:
+
+        ```python
+        >>> messages = [{"role": "user", "content": "<image>\nWhat is this?"}, {"role": "assistant", "content": "A cat."}]
+        >>> batch = processor.encode_conversation(messages, images=[cat])
+        >>> processor.tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100])
+        'A cat.</s>'
+        ```
+        """
+        check_messages(messages)
+        if not re.search(r"\{%-?\s*generation\s*-?%\}", self.chat_template or ""):
+            raise ValueError(
+                "processor.chat_template marks no assistant span with {% generation %}, so the replies to learn "
+                "cannot be found: set processor.chat_template = CHAT_TEMPLATE (or add the markers) and re-save it"
+            )
+        encoded = self.tokenizer.apply_chat_template(
+            list(messages),
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        learned = [bool(flag) for flag in encoded["assistant_masks"]]
         return self._encode_batch(
-            [parts], per_doc_images, True, False, True, "right", truncation, max_length, return_tensors
+            [encoded["input_ids"]], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
         )
 
-    @staticmethod
-    def _content_text(content) -> str:
-        if isinstance(content, str):
-            return content
-        pieces = {"image": lambda item: IMAGE_PLACEHOLDER + "\n", "dream": lambda item: DREAM_PLACEHOLDER}
-        return "".join(pieces.get(item["type"], lambda item: item["text"])(item) for item in content)
+    def _check_texts(self, text) -> list[str]:
+        if text is None:
+            raise ValueError("DreamLLMProcessor needs `text` (use `<image>` / `<dream>` placeholders for images)")
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+        if not texts:
+            raise ValueError("text is an empty list: pass at least one document")
+        for index, doc in enumerate(texts):
+            if not isinstance(doc, str):
+                raise TypeError(f"text[{index}] is a {type(doc).__name__}, not a string")
+        return list(texts)
 
-    def _split_images(self, texts: list[str], images) -> list[list]:
-        """Assign images to documents and check their number against the placeholders of each."""
+    def _placeholders(self, ids: list[int]) -> list[str]:
+        kinds = {self.image_token_id: IMAGE_PLACEHOLDER, self.dream_token_id: DREAM_PLACEHOLDER}
+        return [kinds[token] for token in ids if token in kinds]
+
+    def _split_images(self, encodings: list[list[int]], images) -> list[list[PIL.Image.Image]]:
+        """Assign images to documents, check their number against the placeholders of each, and read them."""
         if images is None:
             images = []
         elif not isinstance(images, (list, tuple)):
             images = [images]
         nested = len(images) > 0 and all(isinstance(item, (list, tuple)) for item in images)
-        if len(texts) == 1 and not nested:  # one document owns every image
+        if not nested and any(isinstance(item, (list, tuple)) for item in images):
+            raise ValueError("images mixes single images and lists: pass a flat list, or one list per document")
+        if len(encodings) == 1 and not nested:  # one document owns every image
             images, nested = [images], True
-        if nested and len(images) != len(texts):
-            raise ValueError(f"got image lists for {len(images)} documents but {len(texts)} texts")
+        if nested and len(images) != len(encodings):
+            raise ValueError(f"got image lists for {len(images)} documents but {len(encodings)} texts")
         per_doc, cursor = [], 0
-        for index, doc in enumerate(texts):
-            placeholders = re.findall(f"{IMAGE_PLACEHOLDER}|{DREAM_PLACEHOLDER}", doc)
+        for index, ids in enumerate(encodings):
+            placeholders = self._placeholders(ids)
             num_image = placeholders.count(IMAGE_PLACEHOLDER)
             last_image = max((i for i, p in enumerate(placeholders) if p == IMAGE_PLACEHOLDER), default=-1)
             if nested:
@@ -239,34 +411,41 @@ class DreamLLMProcessor(ProcessorMixin):
                     f"{DREAM_PLACEHOLDER} placeholders but {len(doc_images)} images were given: every "
                     f"{IMAGE_PLACEHOLDER} needs an image and only trailing {DREAM_PLACEHOLDER}s may come without one"
                 )
-            per_doc.append(doc_images)
+            where = "images[{}]".format if len(encodings) == 1 else f"images of text[{index}][{{}}]".format
+            per_doc.append([to_rgb_image(image, where(position)) for position, image in enumerate(doc_images)])
         if not nested and cursor != len(images):
             raise ValueError(f"{len(images)} images were given but the texts' placeholders take only {cursor}")
         return per_doc
 
-    def _encode_document(self, parts: list[tuple[str, bool]], images: list, add_eos: bool) -> _Document:
-        """Tokenize text pieces (each learned or not) and expand their placeholders into blocks."""
+    def _encode_document(
+        self, ids: list[int], learned: list[bool], images: list, add_eos: bool, where: str
+    ) -> _Document:
+        """Expand the placeholders of tokenized text into blocks; `learned` marks the tokens the LM learns."""
+        blocked = next((token for token in ids if token in self._block_token_ids), None)
+        if blocked is not None:
+            raise ValueError(
+                f"{where} contains {self._block_token_ids[blocked]!r}: block tokens are written by the processor from "
+                f"{IMAGE_PLACEHOLDER} / {DREAM_PLACEHOLDER} placeholders and cannot come from text"
+            )
         doc, queue = _Document(), list(images)
         doc.add([self.bos_token_id], [IGNORE_INDEX])
-        for piece, learn in parts:
-            for chunk in re.split(f"({IMAGE_PLACEHOLDER}|{DREAM_PLACEHOLDER})", piece):
-                if chunk == IMAGE_PLACEHOLDER:
-                    block = self.image_block()
-                    doc.add(block, [IGNORE_INDEX] * len(block), [("clip", queue.pop(0))])
-                elif chunk == DREAM_PLACEHOLDER:
-                    block, labels = self.dream_block(), [IGNORE_INDEX] * (self.num_dream_queries + 2)
-                    if learn:  # the LM learns where an image goes
-                        labels[0] = self.dream_start_token_id
-                    block_images = []
-                    if queue:  # creation with a target: the created image is read back through CLIP
-                        image = queue.pop(0)
-                        block_images = [("target", image), ("clip", image)]
-                        block, labels = block + self.image_block(), labels + [IGNORE_INDEX] * (self.num_image_tokens + 2)
-                    doc.add(block, labels, block_images)
-                elif chunk:
-                    for token in self.tokenizer(chunk, add_special_tokens=False)["input_ids"]:
-                        learned = learn and token not in self._unlearned_ids
-                        doc.add([token], [token if learned else IGNORE_INDEX])
+        for token, learn in zip(ids, learned):
+            if token == self.image_token_id:
+                block = self.image_block()
+                doc.add(block, [IGNORE_INDEX] * len(block), [("clip", queue.pop(0))])
+            elif token == self.dream_token_id:
+                block, labels = self.dream_block(), [IGNORE_INDEX] * (self.num_dream_queries + 2)
+                if learn:  # the LM learns where an image goes
+                    labels[0] = self.dream_start_token_id
+                block_images = []
+                if queue:  # creation with a target: the created image is read back through CLIP
+                    image = queue.pop(0)
+                    block_images = [("target", image), ("clip", image)]
+                    block, labels = block + self.image_block(), labels + [IGNORE_INDEX] * (self.num_image_tokens + 2)
+                doc.add(block, labels, block_images)
+            else:
+                learned_token = learn and token not in self._unlearned_ids
+                doc.add([token], [token if learned_token else IGNORE_INDEX])
         if add_eos:
             doc.add([self.eos_token_id], [self.eos_token_id])
         return doc
@@ -300,13 +479,21 @@ class DreamLLMProcessor(ProcessorMixin):
         return kept
 
     def _encode_batch(
-        self, parts, per_doc_images, return_labels, add_eos, padding, padding_side, truncation, max_length, return_tensors
+        self, encodings, learned, images, return_labels, add_eos, padding, padding_side, truncation, max_length,
+        return_tensors,
     ) -> BatchFeature:
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        per_doc_images = self._split_images(encodings, images)
         add_eos = return_labels if add_eos is None else add_eos
         max_length = max_length or self.tokenizer.model_max_length
         docs = [
-            self._truncate(self._encode_document(doc_parts, doc_images, add_eos), max_length, truncation)
-            for doc_parts, doc_images in zip(parts, per_doc_images)
+            self._truncate(
+                self._encode_document(ids, doc_learned, doc_images, add_eos, f"text[{index}]"), max_length, truncation
+            )
+            for index, (ids, doc_learned, doc_images) in enumerate(zip(encodings, learned, per_doc_images))
         ]
         sequences = [[token for unit in doc.units for token in unit] for doc in docs]
         labels = [[label for unit in doc.unit_labels for label in unit] for doc in docs]
@@ -336,4 +523,13 @@ class DreamLLMProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "target_pixel_values"]
 
 
-__all__ = ["DreamLLMProcessor", "CHAT_TEMPLATE", "SYSTEM_PROMPT", "IGNORE_INDEX"]
+__all__ = [
+    "DreamLLMProcessor",
+    "CHAT_TEMPLATE",
+    "SYSTEM_PROMPT",
+    "IGNORE_INDEX",
+    "IMAGE_PLACEHOLDER",
+    "DREAM_PLACEHOLDER",
+    "check_messages",
+    "to_rgb_image",
+]

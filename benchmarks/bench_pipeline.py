@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import transformers
 from diffusers import StableDiffusionPipeline
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,7 +59,7 @@ def build_components(root: Path) -> dict[str, Path]:
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8
     )
     CLIPVisionModel(vision_config).save_pretrained(root / "vision")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     image_processor.save_pretrained(root / "vision")
 
     diffusion = root / "diffusion"

@@ -161,6 +161,18 @@ def test_folder_has_our_layout_and_the_tokenizer_ids(converted, ckpt):
     assert (processor_config["num_image_tokens"], processor_config["num_dream_queries"]) == (16, NUM_DREAM_QUERIES)
     card = (converted / "README.md").read_text()
     assert "stable_diffusion_head.bin" in card and "bos 0 / eos 1 / pad -1" in card
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(converted / "README.md").data  # the library reads back what it wrote
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-text-to-text", "other")
+    assert {"dreamllm", "custom_code"} <= set(data.tags)
+
+
+def test_card_names_a_hub_release_as_its_base_model():
+    from train.convert_original_card import card_data
+
+    assert card_data("RunpeiDong/dreamllm-7b-chat-v1.0").base_model == "RunpeiDong/dreamllm-7b-chat-v1.0"
+    assert card_data("release").base_model is None  # a local folder name is no Hub id
 
 
 def test_every_tensor_is_the_original_value(converted, ckpt):
@@ -251,7 +263,12 @@ def test_plugin_files_win_over_the_plugin_tensors_of_a_full_dump(ckpt, tmp_path)
     assert torch.equal(result["model.dream_queries.weight"], queries[0].float())
 
 
-def test_cli_default_dtype_is_bf16_and_shards_load(ckpt, tmp_path, capsys):
+def test_cli_default_dtype_is_bf16_and_shards_load(ckpt, tmp_path, capsys, monkeypatch):
+    from train import convert_original_writer as writer
+
+    splits, split = [], writer.split_torch_state_dict_into_shards
+    monkeypatch.setattr(writer, "split_torch_state_dict_into_shards", lambda *a, **k: splits.append(split(*a, **k))
+                        or splits[-1])
     output = tmp_path / "bf16"
     main(
         [
@@ -272,6 +289,9 @@ def test_cli_default_dtype_is_bf16_and_shards_load(ckpt, tmp_path, capsys):
         len(list(output.glob("model-*-of-*.safetensors"))) > 1 and (output / "model.safetensors.index.json").is_file()
     )
     assert (output / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    # the shards are huggingface_hub's split, file for file (model, unet, vae)
+    index = json.loads((output / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == splits[0].tensor_to_filename and len(splits) == 3
     assert {t.dtype for t in folder_tensors(output).values()} == {torch.bfloat16}
     assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
     loaded = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)

@@ -53,7 +53,7 @@ def test_slots_are_filled_with_clip_features_and_dream_queries(model, tiny_proce
     )
     model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"])
     ids, embeds, config = batch["input_ids"][0], seen["embeds"][0], model.config
-    features = model.get_image_features(batch["pixel_values"])
+    features = model.get_image_features(batch["pixel_values"]).pooler_output
     first_image = (ids == config.image_start_token_id).nonzero()[0].item() + 1
     torch.testing.assert_close(embeds[first_image : first_image + config.num_image_tokens], features[0])
     dream = (ids == config.dream_start_token_id).nonzero().item() + 1
@@ -113,9 +113,11 @@ def test_null_condition_is_the_empty_prompt_creation_block(model, tiny_processor
 
 def test_precomputed_image_features_match_pixels(model, tiny_processor, rgb_image):
     batch = tiny_processor(text="<image> what is it?", images=[rgb_image])
-    from_pixels = model(**batch).logits
-    features = model.get_image_features(batch.pop("pixel_values"))
-    torch.testing.assert_close(model(**batch, image_features=features).logits, from_pixels)
+    from_pixels = model(**batch)
+    encoded = model.get_image_features(batch.pop("pixel_values"))
+    precomputed = model(**batch, mm_encoder_outputs={"image": encoded})
+    torch.testing.assert_close(precomputed.logits, from_pixels.logits)
+    torch.testing.assert_close(from_pixels.image_outputs.pooler_output[0], encoded.pooler_output[0])
 
 
 def test_logits_to_keep(model, tiny_processor):

@@ -143,14 +143,36 @@ own = DreamLLMPipeline.from_pretrained({str(second)!r})
 own.set_progress_bar_config(disable=True)
 direct = own("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="np").images
 print("class-level load identical", np.array_equal(reference, direct))
+# A variant saved beside the default weights, with other values: the generic loader reads it for every component.
+with torch.no_grad():
+    pipe.llm.model.dream_queries.weight.add_(1.0)
+    pipe.unet.conv_in.bias.add_(1.0)
+pipe.save_pretrained({str(first)!r}, variant="fp16")
+variant = DiffusionPipeline.from_pretrained({str(first)!r}, variant="fp16", trust_remote_code=True, device_map="cpu")
+default = DiffusionPipeline.from_pretrained({str(first)!r}, trust_remote_code=True)
+for name, loaded in (("variant", variant), ("default", default)):
+    same = [torch.equal(loaded.llm.model.dream_queries.weight, pipe.llm.model.dream_queries.weight),
+            torch.equal(loaded.unet.conv_in.bias, pipe.unet.conv_in.bias)]
+    print(name, "llm and unet are the variant", same)
+print("device map", variant.hf_device_map, variant.llm.device)
+try:
+    DiffusionPipeline.from_pretrained({str(first)!r}, variant="ema", trust_remote_code=True)
+except ValueError as error:
+    print("unsaved variant ValueError", "variant=ema" in str(error))
 """,
         cwd=tmp_path,
     )
     assert "reloaded identical True" in output
     assert "auto classes DreamLLMForCausalLM DreamLLMProcessor" in output
     assert "class-level load identical True" in output
+    assert "variant llm and unet are the variant [True, True]" in output
+    assert "default llm and unet are the variant [False, False]" in output
+    assert "device map cpu cpu" in output
+    assert "unsaved variant ValueError True" in output
     files = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())  # noqa: E731
-    assert files(first) == files(second)
+    variant_files = {"model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                     "vae/diffusion_pytorch_model.fp16.safetensors"}
+    assert set(files(first)) - set(files(second)) == variant_files
     assert set(files(first)) >= set(files(tiny_folder))
     for name in ("model_index.json", "config.json", "processor_config.json", "scheduler/scheduler_config.json"):
         assert (first / name).read_text() == (second / name).read_text(), name
@@ -294,20 +316,28 @@ def test_generate_interleaved_stops_at_eos_and_takes_chat_messages(pipe, rgb_ima
     assert pipe.llm.config.image_start_token_id in out.token_ids.tolist()
 
 
-def test_push_to_hub_uploads_the_saved_folder(pipe, tiny_folder, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_saved_folder_with_the_public_upload_folder(pipe, tiny_folder, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import diffusers.utils.hub_utils as hub_utils
+    import huggingface_hub
 
-    uploaded = tmp_path / "uploaded"
-    monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    uploaded, calls = tmp_path / "uploaded", []
+
+    def upload_folder(*, repo_id, folder_path, **kwargs):
+        calls.append((repo_id, kwargs["commit_message"]))
+        shutil.copytree(folder_path, uploaded)
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kwargs: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
     monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *args, **kwargs: SimpleNamespace(
         save=lambda path: open(path, "w").write("---\n---\n")))
     monkeypatch.setattr(hub_utils, "populate_model_card", lambda card, *args, **kwargs: card)
-    monkeypatch.setattr(pipe, "_upload_folder", lambda folder, repo_id, **kwargs: shutil.copytree(folder, uploaded))
     pipe.push_to_hub("someone/dreamllm-tiny")
+    assert calls == [("someone/dreamllm-tiny", "Upload DreamLLM pipeline")]
     tiny_files = {str(p.relative_to(tiny_folder)) for p in tiny_folder.rglob("*") if p.is_file()}
     assert tiny_files <= {str(p.relative_to(uploaded)) for p in uploaded.rglob("*") if p.is_file()}
+    assert (uploaded / "README.md").is_file()
     reloaded = DreamLLMPipeline.from_pretrained(uploaded)
     torch.testing.assert_close(reloaded.null_condition(), pipe.null_condition())
 

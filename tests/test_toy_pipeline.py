@@ -4,7 +4,6 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-from PIL import Image
 
 from train.data import build_train_dataset, detect_kind
 from train.toy.data import write_world_data
@@ -54,15 +53,6 @@ def test_story_states_follow_the_generated_sentences():
         Scene((Shape("blue", "circle", "top"),)),
     ]
     assert story_states(["no story here"]) == [None]
-
-
-def test_generate_writes_an_html_page_with_its_images(tmp_path):
-    from generate import write_document
-
-    page = write_document(["A red circle.", Image.new("RGB", (64, 64), (255, 0, 0)), "The end <3"], "a prompt", tmp_path)
-    html = page.read_text()
-    assert html.index("A red circle.") < html.index('src="image_1.png"') < html.index("The end &lt;3")
-    assert Image.open(tmp_path / "image_1.png").getpixel((0, 0)) == (255, 0, 0)
 
 
 def test_follows_instruction_checks_subject_and_requested_change():

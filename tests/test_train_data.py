@@ -1,6 +1,7 @@
 """Training data: kind detection, the sample formats, bad records skipped and counted, streaming, collation."""
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from train.data import DreamLLMDataCollator, SampleBuilder, build_train_dataset, detect_kind
 from train.data.example_files import write_example_sources
+from train.errors import InputError
 
 IGNORE_INDEX = -100
 
@@ -19,9 +21,9 @@ def sources(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processor(tiny_folder):
-    from processing_dreamllm import DreamLLMProcessor
+    from train.stages import load_processor
 
-    return DreamLLMProcessor.from_pretrained(tiny_folder, trust_remote_code=True)
+    return load_processor(tiny_folder)
 
 
 def _counts(samples) -> Counter:
@@ -99,7 +101,7 @@ def broken_sources(tmp_path_factory, sources):
     (pairs / "00001.txt").unlink()  # a pair without its caption
     mmc4 = root / "mmc4"
     mmc4.mkdir()
-    (mmc4 / "images").symlink_to(sources["mmc4"].parent / "images")
+    shutil.copytree(sources["mmc4"].parent / "images", mmc4 / "images")
     lines = sources["mmc4"].read_text().splitlines()
     broken_doc = json.loads(lines[1])
     broken_doc["image_info"][0]["image_name"] = "missing.png"  # an interleaved doc keeps its text, drops the image
@@ -117,20 +119,20 @@ def test_bad_records_are_skipped_and_counted(broken_sources, processor):
 
     mmc4 = build_train_dataset([str(broken_sources["mmc4"])], processor)
     counts = _counts(mmc4[i] for i in range(len(mmc4)))
-    assert counts["skipped_broken_json"] >= 1 and counts["skipped_missing_field"] >= 1
+    assert counts["skipped_broken_json"] >= 1 and counts["skipped_invalid_field"] >= 1  # "[1, 2]": not an object
     assert counts["dropped_unreadable_images"] >= 1
 
     streamed = list(build_train_dataset([str(broken_sources["mmc4"])], processor, streaming=True, shuffle_buffer=0))
     counts = _counts(streamed)
     assert len(streamed) == 2
-    assert counts["skipped_broken_json"] == 1 and counts["skipped_missing_field"] == 1
+    assert counts["skipped_broken_json"] == 1 and counts["skipped_invalid_field"] == 1
     assert counts["dropped_unreadable_images"] == 1
 
 
 def test_too_long_samples_are_skipped_but_documents_truncated(sources, processor):
-    short = build_train_dataset([str(sources["llava"])], processor, max_length=40)
-    with pytest.raises(RuntimeError, match="could not be used"):
-        short[0]  # every conversation is longer than 40 tokens: nothing to train on is an error, not a hang
+    with pytest.raises(InputError, match=r"llava.*none of its first 3 records could be used \({'too_long': 3}"):
+        # every conversation is longer than 40 tokens: nothing to train on is an error naming the source, not a hang
+        build_train_dataset([str(sources["llava"])], processor, max_length=40)
     documents = build_train_dataset([str(sources["mmc4"])], processor, max_length=60)
     sample = documents[0]
     assert len(sample["input_ids"]) <= 60

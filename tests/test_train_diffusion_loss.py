@@ -85,22 +85,25 @@ def test_chunked_unet_batch_matches_one_batch(tiny_folder, loss_fn):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
 
 
-def test_noising_matches_the_scheduler_and_targets_follow_prediction_type(tiny_folder, loss_fn):
-    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    timesteps = torch.tensor([10, 900])
-    alphas = loss_fn.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    ours = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
-    torch.testing.assert_close(ours, loss_fn.scheduler.add_noise(latents, noise, timesteps))
-    torch.testing.assert_close(
-        alphas.sqrt() * noise - (1 - alphas).sqrt() * latents, loss_fn.scheduler.get_velocity(latents, noise, timesteps)
-    )
+def test_noising_targets_and_weights_are_the_schedulers_and_diffusers_own(tiny_folder, loss_fn, monkeypatch):
+    import train.diffusion_loss as diffusion_loss
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
 
     v_scheduler = DDPMScheduler.from_config(loss_fn.scheduler.config, prediction_type="v_prediction")
     v_loss = DreamLLMDiffusionLoss(loss_fn.unet, loss_fn.vae, v_scheduler, snr_gamma=5.0)
+    calls = []
+    for name in ("add_noise", "get_velocity"):
+        original = getattr(v_scheduler, name)
+        monkeypatch.setattr(v_scheduler, name, lambda *args, _f=original, _n=name: calls.append(_n) or _f(*args))
+    monkeypatch.setattr(diffusion_loss, "compute_snr", lambda *args: calls.append("compute_snr") or compute_snr(*args))
     condition, targets = _inputs(loss_fn)
     assert torch.isfinite(v_loss(condition, targets))
-    weights = min_snr_weights(loss_fn.alphas_cumprod, v_loss.snr_gamma, v_loss.prediction_type)
+    assert calls == ["add_noise", "get_velocity", "compute_snr"]
+    timesteps = torch.arange(1000)
+    weights = min_snr_weights(v_scheduler, timesteps, v_loss.snr_gamma, v_loss.prediction_type)
+    snr = compute_snr(v_scheduler, timesteps)
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr + 1))
     assert bool((weights > 0).all() and (weights <= 1).all())
 
 

@@ -95,7 +95,7 @@ def test_every_stage_trains_its_parts_and_writes_a_loadable_folder(tiny_folder, 
         checkpoint = output / "checkpoint-2"
         assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
         assert_same_decoder(tiny_folder, checkpoint)
-        assert not list(output.glob(".tmp-*"))
+        assert not list(output.glob(".*.staging"))  # no staging folder left behind
 
     from transformers import AutoModelForCausalLM
 

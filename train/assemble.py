@@ -3,13 +3,13 @@
     python -m train.assemble --llm lmsys/vicuna-7b-v1.1 --vision openai/clip-vit-large-patch14 \
         --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-7b-init
     python -m train.assemble --preset tiny-random --output /tmp/dreamllm-tiny
+    python -m train.assemble ... --projector-init pytorch   # the official release's projector initialisation
 
 The folder is the one layout every part of the project reads and writes: its root is the transformers remote-code
 model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion decoder.
 """
 
 import argparse
-import contextlib
 import json
 import shutil
 import tempfile
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel, GenerationConfig
 from transformers.image_utils import PILImageResampling
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import DreamLLMProcessor
+from train.folders import staged_folder
 
 # The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
 ADDED_TOKENS = ["<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>", "<dream_end>"]
@@ -51,9 +52,9 @@ def add_special_tokens(tokenizer) -> None:
     tokenizer.add_special_tokens(special)
 
 
-def diffusion_image_processor(resolution: int) -> CLIPImageProcessor:
+def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
     """Targets for the diffusion decoder: resize + center crop to its resolution, values in [-1, 1], no flip."""
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": resolution},
         crop_size={"height": resolution, "width": resolution},
         resample=PILImageResampling.BILINEAR,
@@ -73,11 +74,24 @@ def decoder_geometry(diffusion_path: Path) -> tuple[int, int]:
     return cross_attention_dim, unet["sample_size"] * vae_scale_factor
 
 
-def _init_new_modules(model: DreamLLMForCausalLM, std: float, dtype: torch.dtype):
+# How the two linear projectors start: "normal" is N(0, initializer_range) with zero bias, the transformers
+# convention the model's own `_init_weights` follows (this project's default); "pytorch" is `nn.Linear`'s own
+# initialisation (Kaiming-uniform weights, uniform bias), which is what the official release ends up with (its
+# projector init is a no-op). The dream queries are N(0, initializer_range) in both, as officially.
+PROJECTOR_INITS = ("normal", "pytorch")
+
+
+def _init_new_modules(model: DreamLLMForCausalLM, std: float, dtype: torch.dtype, projector_init: str = "normal"):
     """Materialise and initialise the modules DreamLLM adds (built on the meta device)."""
+    if projector_init not in PROJECTOR_INITS:
+        raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
     base: DreamLLMModel = model.model
     for module in (base.vision_projector, base.dream_queries, base.condition_projector):
         module.to_empty(device="cpu")
+        if projector_init == "pytorch" and isinstance(module, nn.Linear):
+            module.to(torch.float32).reset_parameters()  # initialised in fp32, then cast
+            module.to(dtype)
+            continue
         module.to(dtype)
         nn.init.normal_(module.weight, std=std)
         if getattr(module, "bias", None) is not None:
@@ -92,6 +106,7 @@ def assemble(
     num_dream_queries: int = 64,
     dtype: str = "auto",
     condition_drop_prob: float = 0.1,
+    projector_init: str = "normal",
 ) -> Path:
     """Build the folder; it is written to a temporary sibling and moved into place only when complete."""
     diffusion, output = Path(diffusion), Path(output)
@@ -106,7 +121,7 @@ def assemble(
     language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     language_model.resize_token_embeddings(len(tokenizer))
     vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=language_model.dtype)
-    image_processor = CLIPImageProcessor.from_pretrained(vision)
+    image_processor = CLIPImageProcessorPil.from_pretrained(vision)
     condition_hidden_size, resolution = decoder_geometry(diffusion)
 
     text_config = language_model.config
@@ -127,9 +142,13 @@ def assemble(
     model.model.language_model = language_model.model
     model.lm_head = language_model.lm_head
     model.model.vision_tower = vision_tower.requires_grad_(False)
-    _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype)
+    _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype,
+                      projector_init=projector_init)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=config.special_token_ids,  # plain `generate` writes text only
     )
 
     processor = DreamLLMProcessor(
@@ -147,21 +166,6 @@ def assemble(
             shutil.copytree(diffusion / name, staging / name)
         write_pipeline_files(staging)
     return output
-
-
-@contextlib.contextmanager
-def staged_folder(output: Path):
-    """Yield a hidden sibling of `output` to write into; it becomes `output` only when the block completes, and is
-    removed when it fails, so a folder is complete or absent."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp makes it private
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_pipeline_files(folder: Path) -> None:
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-dream-queries", type=int, default=None, help="64 by default (8 for tiny-random)")
     parser.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16 or float16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--projector-init", choices=PROJECTOR_INITS, default="normal",
+                        help="normal: N(0, 0.02), zero bias (default); pytorch: nn.Linear's own (the official release)")
     args = parser.parse_args(argv)
 
     if args.preset == "tiny-random":
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             parts = build_tiny_components(scratch, seed=args.seed)
             torch.manual_seed(args.seed)
             folder = assemble(
-                parts["llm"], parts["vision"], parts["diffusion"], args.output, args.num_dream_queries or 8, args.dtype
+                parts["llm"], parts["vision"], parts["diffusion"], args.output, args.num_dream_queries or 8, args.dtype,
+                projector_init=args.projector_init,
             )
     else:
         if not (args.llm and args.vision and args.diffusion):
@@ -202,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             from huggingface_hub import snapshot_download
 
             diffusion = Path(snapshot_download(args.diffusion, allow_patterns=[f"{n}/*" for n in DECODER_SUBFOLDERS]))
-        folder = assemble(args.llm, args.vision, diffusion, args.output, args.num_dream_queries or 64, args.dtype)
+        folder = assemble(args.llm, args.vision, diffusion, args.output, args.num_dream_queries or 64, args.dtype,
+                          projector_init=args.projector_init)
     print(f"DreamLLM folder written to {folder}")
 
 

@@ -53,7 +53,7 @@ from train.convert_original_sources import (
     open_tensor_store,
     read_json,
 )
-from train.convert_original_writer import parse_size, write_safetensors_shards
+from train.convert_original_writer import write_safetensors_shards
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ def write_transformers_files(staging: Path, config: DreamLLMConfig, processor: D
     custom_object_save(model, staging, config=config)
     config.save_pretrained(staging)
     GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=config.special_token_ids,  # plain `generate` writes text only
     ).save_pretrained(staging)
     processor.save_pretrained(staging)
 
@@ -118,9 +121,8 @@ def convert_original(
 
     # 2. Write into a hidden sibling; move into place only when complete.
     with staged_folder(output_dir) as staging:
-        max_bytes = parse_size(max_shard_size)
         model_tensors = [plan.tensors[MODEL][key] for key in expected[MODEL]]  # module order: layer-local shards
-        write_safetensors_shards(staging, model_tensors, torch_dtype, "model", max_bytes)
+        write_safetensors_shards(staging, model_tensors, torch_dtype, "model", max_shard_size)
         for name in DECODER_SUBFOLDERS:
             (staging / name).mkdir()
             (staging / name / DIFFUSION_CONFIG_FILES[name]).write_text(
@@ -128,7 +130,7 @@ def convert_original(
             )
         for component in (UNET, VAE):
             tensors = [plan.tensors[component][key] for key in expected[component]]
-            write_safetensors_shards(staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_bytes)
+            write_safetensors_shards(staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_shard_size)
 
         _, resolution = decoder_geometry(staging)
         tokenizer.model_max_length = config.text_config.max_position_embeddings

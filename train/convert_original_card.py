@@ -4,21 +4,15 @@
 ...                  config=config, vision="CLIP ViT-L/14", decoder="SD-2.1-base", special_ids=ids)
 """
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-CARD_TEMPLATE = """---
-library_name: transformers
-pipeline_tag: image-text-to-text
-license: other
-tags:
-- dreamllm
-- multimodal
-- text-to-image
-- custom_code
----
+from huggingface_hub import ModelCard, ModelCardData
 
-# DreamLLM ({source}), converted
+TAGS = ["dreamllm", "multimodal", "text-to-image", "custom_code"]
+
+CARD_TEMPLATE = """# DreamLLM ({source}), converted
 
 DreamLLM (Dong et al., *DreamLLM: Synergistic Multimodal Comprehension and Creation*, ICLR 2024) reads interleaved
 text and images and creates images: the final hidden states of {num_dream_queries} learned *dream queries* condition a
@@ -116,7 +110,8 @@ def write_model_card(
     decoder: str,
     special_ids: dict[str, int],
 ) -> None:
-    """Write `README.md` describing the converted model, how to load it and what it was converted from."""
+    """Write `README.md` (a `huggingface_hub.ModelCard`) describing the converted model, how to load it and what it
+    was converted from."""
     text = config.text_config
     file_list = "\n".join(f"- `{path.name}` ({path.stat().st_size:,} bytes)" for path in input_files)
     pipeline_note = ""
@@ -141,7 +136,19 @@ def write_model_card(
         file_list=file_list,
         **special_ids,
     )
-    (folder / "README.md").write_text(card)
+    ModelCard(f"---\n{card_data(source).to_yaml()}\n---\n\n{card}").save(folder / "README.md")
 
 
-__all__ = ["write_model_card"]
+def card_data(source: str) -> ModelCardData:
+    """The card's metadata: `base_model` is the release when `source` is a Hub repo id."""
+    is_repo_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        license="other",
+        base_model=source if is_repo_id else None,
+        tags=TAGS,
+    )
+
+
+__all__ = ["write_model_card", "card_data"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM
@@ -118,12 +118,12 @@ def text_config_from_release(release_config: dict, tokenizer) -> LlamaConfig:
     )
 
 
-def vision_configs(vision: Path | None) -> tuple[CLIPVisionConfig, CLIPImageProcessor]:
+def vision_configs(vision: Path | None) -> tuple[CLIPVisionConfig, CLIPImageProcessorPil]:
     if vision is None:
-        return CLIPVisionConfig(**CLIP_VIT_L14_VISION_CONFIG), CLIPImageProcessor.from_dict(
+        return CLIPVisionConfig(**CLIP_VIT_L14_VISION_CONFIG), CLIPImageProcessorPil.from_dict(
             CLIP_VIT_L14_IMAGE_PROCESSOR_CONFIG
         )
-    return CLIPVisionConfig.from_pretrained(vision), CLIPImageProcessor.from_pretrained(vision)
+    return CLIPVisionConfig.from_pretrained(vision), CLIPImageProcessorPil.from_pretrained(vision)
 
 
 def decoder_configs(diffusion: Path | None) -> DecoderConfigs:

@@ -11,6 +11,7 @@ page cache, not process memory; safetensors files are opened with `safe_open`. A
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -149,6 +150,14 @@ def read_json(path: Path) -> dict:
         raise ConversionError(f"{path} is not valid JSON: {error}") from error
 
 
+def _shard_inside(folder: Path, index: Path, name: str) -> Path:
+    """A shard named by an index: a file of `folder` itself (no absolute path, `..` or link leading out of it)."""
+    shard = folder / name
+    if Path(name).is_absolute() or not os.path.realpath(shard).startswith(os.path.realpath(folder) + os.sep):
+        raise ConversionError(f"{index} names a shard outside {folder}: {name!r}; shards must be files of the input")
+    return shard
+
+
 def find_main_checkpoint(folder: Path) -> list[Path]:
     """The files of the LLM (or full) state dict: an index json's shards, or one `model.safetensors` /
     `pytorch_model.bin`."""
@@ -159,7 +168,7 @@ def find_main_checkpoint(folder: Path) -> list[Path]:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ConversionError(f"{index} has no weight_map")
-            shards = [folder / name for name in sorted(set(weight_map.values()))]
+            shards = [_shard_inside(folder, index, name) for name in sorted(set(map(str, weight_map.values())))]
             missing = [shard.name for shard in shards if not shard.is_file()]
             if missing:
                 raise ConversionError(f"{index} lists shards that are missing: {missing}")

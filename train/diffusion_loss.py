@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -32,10 +33,12 @@ def graph_connected_zero(anchors: Iterable[torch.Tensor], device: torch.device |
     return zero
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) at noise levels `alphas_cumprod`: min(SNR, gamma) / SNR for
-    epsilon targets, min(SNR, gamma) / (SNR + 1) for v targets."""
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+def min_snr_weights(
+    scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str = "epsilon"
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) at `timesteps`, from diffusers' `compute_snr`, as diffusers'
+    training scripts weigh them: min(SNR, gamma) / SNR for epsilon targets, min(SNR, gamma) / (SNR + 1) for v."""
+    snr = compute_snr(scheduler, timesteps)
     clipped = snr.clamp(max=gamma)
     return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
@@ -102,7 +105,8 @@ class DreamLLMDiffusionLoss(nn.Module):
         self.noise_samples_per_image = noise_samples_per_image
         self.num_train_timesteps = num_train_timesteps
         self.min_timestep = min_timestep
-        # Moves with `.to(device)`; read by index on the device, so drawing timesteps never syncs with the host.
+        # The module's device (it moves with `.to(device)`): noise and timesteps are drawn there. The noise schedule
+        # itself is the scheduler's (`add_noise`, `get_velocity`, diffusers' `compute_snr`).
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
 
     @classmethod
@@ -211,9 +215,8 @@ class DreamLLMDiffusionLoss(nn.Module):
         if draws > 1:
             latents = latents.repeat_interleave(draws, dim=0)
             condition = condition.repeat_interleave(draws, dim=0)
-        alphas = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = alphas.sqrt() * latents + (1.0 - alphas).sqrt() * noise
-        target = noise if self.prediction_type == "epsilon" else alphas.sqrt() * noise - (1.0 - alphas).sqrt() * latents
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
 
         if condition_drop_prob > 0:
             if null_condition is None:
@@ -236,7 +239,7 @@ class DreamLLMDiffusionLoss(nn.Module):
                     pieces.append(self._per_image_loss(*args))
             per_image = torch.cat(pieces)
         if self.snr_gamma is not None:
-            per_image = per_image * min_snr_weights(alphas.view(-1), self.snr_gamma, self.prediction_type)
+            per_image = per_image * min_snr_weights(self.scheduler, timesteps, self.snr_gamma, self.prediction_type)
         return per_image.mean()
 
 

@@ -36,13 +36,16 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
+from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.cpu_fsdp import enable_fsdp_on_cpu
+from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
 from train.diffusion_loss import DreamLLMDiffusionLoss
+from train.errors import InputError
+from train.folders import clear_staging, publish_folder, staging_path
 
-IGNORE_INDEX = -100
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
@@ -65,26 +68,11 @@ def complete_folder(folder: str | Path, decoder_source: str | Path) -> None:
     write_pipeline_files(folder)
 
 
-def publish(staging: str | Path, final: str | Path) -> None:
-    """Move a complete `staging` folder to `final` in one rename (replacing an older `final`)."""
-    staging, final = Path(staging), Path(final)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-
-
-def publish_into(staging: str | Path, final: str | Path) -> None:
-    """Move the entries of a complete `staging` folder into `final`, which keeps its other entries (checkpoints).
-    Each entry moves by rename and `config.json` last, so a folder with a `config.json` holds a complete model."""
-    staging, final = Path(staging), Path(final)
-    final.mkdir(parents=True, exist_ok=True)
-    (final / "config.json").unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == "config.json"):
-        target = final / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    staging.rmdir()
+def carried_into_final(name: str) -> bool:
+    """Entries of an output folder that its final model keeps: everything but an older model's weights and leftovers
+    of interrupted saves (the new model brings its own files; checkpoints and logs stay)."""
+    weights = name.endswith((".safetensors", ".safetensors.index.json")) or name.startswith("pytorch_model")
+    return not (weights or name == ADAPTER_SUBFOLDER or name.endswith((".staging", ".old")))
 
 
 # ---------------------------------------------------------------------------------------------------- LoRA merge
@@ -358,9 +346,9 @@ class DreamLLMTrainer(SFTTrainer):
         """Like `Trainer._save_checkpoint`, but written aside and renamed into place: complete or absent."""
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f".tmp-{name}")
-        if self.args.should_save and os.path.exists(staging):  # left over from an interrupted save
-            shutil.rmtree(staging)
+        final, staging = os.path.join(run_dir, name), staging_path(os.path.join(run_dir, name))
+        if self.args.should_save:
+            clear_staging(final)  # a leftover of an interrupted save
         self.accelerator.wait_for_everyone()
         os.makedirs(staging, exist_ok=True)
         self.store_flos()
@@ -380,7 +368,7 @@ class DreamLLMTrainer(SFTTrainer):
             self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            publish(staging, final)
+            publish_folder(staging, final)
             if self.state.best_global_step:
                 best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
                 if os.path.exists(best):
@@ -395,23 +383,37 @@ class DreamLLMTrainer(SFTTrainer):
 
     def save_final(self, output_dir: str | None = None) -> str:
         """Save the trained model as a complete, plain DreamLLM folder at `output_dir` (default `args.output_dir`,
-        which may already hold checkpoints); the files are written aside first and moved in together."""
+        which may already hold checkpoints): written into a staging sibling, which then replaces `output_dir` whole,
+        keeping its checkpoints and logs (`train.folders.publish_folder`)."""
         output_dir = output_dir or self.args.output_dir
-        staging = os.path.join(output_dir, ".tmp-final")
-        if self.args.should_save and os.path.exists(staging):
-            shutil.rmtree(staging)
+        staging = staging_path(output_dir)
+        if self.args.should_save:
+            clear_staging(output_dir)
         self.accelerator.wait_for_everyone()
-        self.save_model(staging)
+        self.save_model(str(staging))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            shutil.rmtree(os.path.join(staging, ADAPTER_SUBFOLDER), ignore_errors=True)  # only for resuming
-            publish_into(staging, output_dir)
+            shutil.rmtree(staging / ADAPTER_SUBFOLDER, ignore_errors=True)  # only for resuming
+            publish_folder(staging, output_dir, carry=carried_into_final)
         self.accelerator.wait_for_everyone()
         return output_dir
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # LoRA checkpoints hold the merged model at the root; training resumes from the adapter beside it.
         target = model if model is not None else self.model
+        # Everything the resume reads is checked first: a missing or cut-short file is named, not half-loaded.
+        world = self.args.world_size
+        try:
+            expected = weight_names(self.decoder_folder)  # the tensors of the folder this run started from
+        except InputError:
+            expected = None  # a decoder-only folder: no tensor list to compare with
+        check_resumable(
+            resume_from_checkpoint,
+            expected=expected,
+            rng_file="rng_state.pth" if world <= 1 else f"rng_state_{self.args.process_index}.pth",
+            optimizer_files=not (self.is_deepspeed_enabled or self.is_fsdp_enabled),  # they keep their own files
+            adapter=isinstance(self._unwrapped(target), PeftModel),
+        )
         if isinstance(self._unwrapped(target), PeftModel):
             weights = load_file(os.path.join(resume_from_checkpoint, ADAPTER_SUBFOLDER, "adapter_model.safetensors"))
             set_peft_model_state_dict(self._unwrapped(target), weights)
@@ -419,4 +421,4 @@ class DreamLLMTrainer(SFTTrainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
 
 
-__all__ = ["DreamLLMTrainer", "causal_lm_loss", "complete_folder", "merged_state_dict", "publish", "publish_into"]
+__all__ = ["DreamLLMTrainer", "carried_into_final", "causal_lm_loss", "complete_folder", "merged_state_dict"]

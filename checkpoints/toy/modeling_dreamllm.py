@@ -8,8 +8,15 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 try:
     from .configuration_dreamllm import DreamLLMConfig
@@ -18,8 +25,11 @@ except ImportError:  # imported as a top-level module (tests, scripts)
 
 
 @dataclass
-class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
+class DreamLLMModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     r"""
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        The vision tower's output for the input images; `pooler_output` holds one `(num_image_tokens, hidden_size)`
+        projected feature tensor per image. `None` when the call had no images.
     condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, condition_hidden_size)`):
         Diffusion-decoder conditions, one per creation block of the batch in document order; `None` when there are
         none.
@@ -29,8 +39,10 @@ class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class DreamLLMCausalLMOutputWithPast(CausalLMOutputWithPast):
+class DreamLLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     r"""
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        As in [`DreamLLMModelOutputWithPast`].
     condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, condition_hidden_size)`):
         Diffusion-decoder conditions, one per creation block of the batch in document order; `None` when there are
         none.
@@ -53,6 +65,18 @@ class BlockLayout:
     image_ordinal: torch.LongTensor  # (batch, seq): which image of the batch (document order) a CLIP slot shows
 
 
+def check_pixel_values(pixel_values, name: str = "pixel_values") -> None:
+    """Reject pixel inputs that are not a float `(num_images, channels, height, width)` tensor, naming the problem."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (the processor's output), got {type(pixel_values).__name__}")
+    if not torch.is_floating_point(pixel_values):
+        raise TypeError(
+            f"{name} must be normalised floating-point pixels (the processor's output), got dtype {pixel_values.dtype}"
+        )
+    if pixel_values.ndim != 4:
+        raise ValueError(f"{name} must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}")
+
+
 class DreamLLMPreTrainedModel(PreTrainedModel):
     config: DreamLLMConfig
     config_class = DreamLLMConfig
@@ -73,7 +97,20 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
         # Loading materialises fresh parameters, which forgets `requires_grad`: freeze CLIP again.
         base = model if isinstance(model, DreamLLMModel) else model.model
         base.vision_tower.requires_grad_(False)
+        if getattr(model, "generation_config", None) is not None and model.generation_config.suppress_tokens is None:
+            # Folders saved before the text-only `generate` contract get it at load time.
+            model.generation_config.suppress_tokens = model.config.special_token_ids
         return loaded
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        # CLIP and LLaMA are library models: their `_init_weights` must run as library code. Called from this custom
+        # class, transformers would skip the modules without direct parameters (CLIPAttention, CLIPMLP, ...), leaving
+        # their Linear layers at the generic std instead of the scheme `CLIPVisionModel(config)` uses.
+        for module in self.modules():
+            if module is not self and isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -114,16 +151,36 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Projected CLIP features of `pixel_values` `(num_images, 3, H, W)` -> `(num_images, num_image_tokens,
-        hidden_size)`: hidden states of `config.vision_feature_layer`, CLS dropped, through the visual projector."""
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, vision_feature_layer: int | None = None, **kwargs
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Encode `pixel_values` `(num_images, 3, H, W)` with the CLIP tower, as LLaVA's `get_image_features` does.
+
+        Returns the tower's `BaseModelOutputWithPooling` whose `pooler_output` holds one `(num_image_tokens,
+        hidden_size)` tensor per image: hidden states of `vision_feature_layer` (default `config.vision_feature_layer`),
+        CLS dropped, through the visual projector. Only that layer's hidden state is kept unless the caller passes
+        `output_hidden_states=True`.
+
+        Example:
+
+        ```python
+        >>> features = model.get_image_features(pixel_values).pooler_output  # num_images x (N, hidden_size)
+        >>> out = model(input_ids=ids, mm_encoder_outputs={"image": model.get_image_features(pixel_values)})
+        ```
+        """
+        check_pixel_values(pixel_values, "pixel_values")
         tower = self.vision_tower
         # No gradient has to reach the pixels, so a frozen tower runs without building a graph.
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
         with torch.set_grad_enabled(needs_grad):
-            outputs = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
-            features = outputs.hidden_states[self.config.vision_feature_layer][:, 1:]
-        return self.vision_projector(features.to(self.vision_projector.weight.dtype))
+            image_outputs = tower(pixel_values.to(tower.dtype), return_dict=True, **kwargs)
+            selected = image_outputs.hidden_states[vision_feature_layer][:, 1:]
+        features = self.vision_projector(selected.to(self.vision_projector.weight.dtype))
+        image_outputs.pooler_output = list(features)
+        return image_outputs
 
     def block_layout(self, input_ids: torch.LongTensor) -> BlockLayout:
         """Classify every `<im_patch>` of `input_ids` as a CLIP slot or a dream-query slot, without host syncs."""
@@ -144,6 +201,24 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             image_ordinal=image_openers,
         )
 
+    def block_token_ids_from_embeds(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
+        """The block markers and slots found in `inputs_embeds` (rows equal to those tokens' input embeddings, as
+        LLaVA finds its image tokens), -1 everywhere else: the ids `block_layout` needs when no `input_ids` are given."""
+        config = self.config
+        block_ids = torch.tensor(
+            [
+                config.image_start_token_id,
+                config.image_patch_token_id,
+                config.image_end_token_id,
+                config.dream_start_token_id,
+                config.dream_end_token_id,
+            ],
+            device=inputs_embeds.device,
+        )
+        table = self.get_input_embeddings()(block_ids).to(inputs_embeds.dtype)
+        matches = (inputs_embeds[..., None, :] == table).all(-1)  # (batch, seq, 5)
+        return torch.where(matches.any(-1), block_ids[matches.int().argmax(-1)], -1)
+
     def _check_layout(self, input_ids: torch.LongTensor, layout: BlockLayout, num_images: int) -> int:
         """Validate the blocks against the images given; returns the number of creation blocks (one host sync)."""
         config = self.config
@@ -159,9 +234,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 (layout.dream_mask & (layout.slot_index >= config.num_dream_queries)).sum(),
             ]
         ).tolist()
-        image_blocks, image_slots, dream_openers, dream_slots, stray, image_overflow, dream_overflow = counts
+        image_blocks, image_slots, dream_blocks, dream_slots, stray, image_overflow, dream_overflow = counts
         if stray:
             raise ValueError(f"{stray} <im_patch> tokens stand outside any <im_start> or <dream_start> block")
+        # No block holds more than its size (overflow), so the totals match only when every block is exactly full.
         if image_overflow or image_slots != image_blocks * config.num_image_tokens:
             raise ValueError(
                 f"each image block needs exactly {config.num_image_tokens} <im_patch> slots; got {image_slots} slots "
@@ -169,13 +245,26 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             )
         if image_blocks != num_images:
             raise ValueError(f"the input has {image_blocks} image blocks but {num_images} images were given")
-        if dream_overflow or dream_slots % config.num_dream_queries:
+        if dream_overflow or dream_slots != dream_blocks * config.num_dream_queries:
             raise ValueError(
                 f"each creation block needs exactly {config.num_dream_queries} <im_patch> slots; got {dream_slots} "
-                f"slots after {dream_openers} <dream_start> tokens"
+                f"slots in {dream_blocks} <dream_start> blocks"
             )
-        return dream_slots // config.num_dream_queries
+        return dream_blocks
 
+    def _check_attention_mask(self, attention_mask, inputs: torch.Tensor, cache: Cache | None):
+        if attention_mask is None or not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+            return  # 4-D masks and mask dicts are built by transformers itself
+        past = cache.get_seq_length() if cache is not None else 0
+        expected = (inputs.shape[0], past + inputs.shape[1])
+        if tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
+                f"(batch, cached + new tokens)"
+            )
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -184,32 +273,44 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
-        image_features: torch.FloatTensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
-    ) -> DreamLLMModelOutputWithPast:
+    ) -> tuple | DreamLLMModelOutputWithPast:
         r"""
-        image_features (`torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`, *optional*):
-            Precomputed `get_image_features` output, used instead of `pixel_values`.
+        Fill the image blocks with CLIP features and the creation blocks with dream queries, run the language model,
+        and project the final hidden states at the dream queries into `condition_embeds`.
+
+        Blocks are found in `input_ids`, or, with `inputs_embeds`, where rows equal the embeddings of the block tokens
+        (so `inputs_embeds=embed(ids)` gives what `input_ids=ids` gives). Every block must come whole in one call.
+
+        mm_encoder_outputs (`dict`, *optional*):
+            `{"image": get_image_features(pixel_values)}`, precomputed, used instead of `pixel_values` (as in LLaVA).
+        cache / past_key_values (`Cache`, *optional*): the KV cache to continue from (`past_key_values` is the older
+            name of the same argument).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and image_features is not None:
-            raise ValueError("pass pixel_values or image_features, not both")
-        if inputs_embeds is not None:  # raw embeddings: no blocks to fill
-            outputs = self.language_model(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, **kwargs
-            )
-            return DreamLLMModelOutputWithPast(**outputs)
+        if pixel_values is not None and mm_encoder_outputs is not None:
+            raise ValueError("pass pixel_values or mm_encoder_outputs, not both")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            block_ids = input_ids
+        else:
+            block_ids = self.block_token_ids_from_embeds(inputs_embeds)
+        self._check_attention_mask(attention_mask, block_ids, cache)
+        layout = self.block_layout(block_ids)
 
-        inputs_embeds = self.get_input_embeddings()(input_ids)
-        layout = self.block_layout(input_ids)
-        if pixel_values is not None:  # CLIP runs only when the batch has images
-            image_features = self.get_image_features(pixel_values)
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:  # CLIP runs only when the batch has images
+            image_outputs = self.get_image_features(pixel_values=pixel_values, return_dict=True)
+        image_features = None if image_outputs is None else image_outputs.pooler_output
+        if isinstance(image_features, (list, tuple)):
+            image_features = torch.stack(list(image_features)) if image_features else None
         num_images = 0 if image_features is None else image_features.shape[0]
-        num_creation_blocks = self._check_layout(input_ids, layout, num_images)
+        num_creation_blocks = self._check_layout(block_ids, layout, num_images)
 
         if image_features is not None:
-            flat_features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)
+            flat_features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds)
             feature_index = layout.image_ordinal * self.config.num_image_tokens + layout.slot_index
             feature_index = torch.where(layout.image_mask, feature_index, 0)
             inputs_embeds = torch.where(layout.image_mask[..., None], flat_features[feature_index], inputs_embeds)
@@ -219,14 +320,19 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds = torch.where(layout.dream_mask[..., None], queries, inputs_embeds)
 
         outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            return_dict=True,
+            **kwargs,
         )
         condition_embeds = None
         if num_creation_blocks:
             query_states = outputs.last_hidden_state[layout.dream_mask]
             query_states = query_states.view(num_creation_blocks, self.config.num_dream_queries, -1)
             condition_embeds = self.condition_projector(query_states)
-        return DreamLLMModelOutputWithPast(**outputs, condition_embeds=condition_embeds)
+        return DreamLLMModelOutputWithPast(**outputs, image_outputs=image_outputs, condition_embeds=condition_embeds)
 
     def null_condition_ids(self, device: torch.device | None = None) -> torch.LongTensor:
         """`[<s>, <dream_start>, <im_patch> x Q, <dream_end>]`: the empty prompt's creation block, shape `(1, Q+3)`."""
@@ -238,12 +344,19 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
     def get_null_condition(self) -> torch.FloatTensor:
         """The condition of the empty prompt, `(1, Q, condition_hidden_size)`: the unconditional branch of
         classifier-free guidance, in training (condition dropout) and sampling alike. Differentiable."""
-        return self(input_ids=self.null_condition_ids(), use_cache=False).condition_embeds
+        return self(input_ids=self.null_condition_ids(), use_cache=False, return_dict=True).condition_embeds
 
 
 class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
     """DreamLLM with its (untied) language-modelling head: understanding (`generate`), the LM loss, and the
     `condition_embeds` of every creation block for the diffusion decoder.
+
+    `generate` writes text only: the seven DreamLLM tokens (`<image> <im_patch> <im_start> <im_end> <dream>
+    <dream_start> <dream_end>`) are in `generation_config.suppress_tokens` (saved with the model), so a plain
+    `generate` never opens a block it could not fill. Documents with created images come from the diffusers pipeline's
+    `DreamLLMPipeline.generate_interleaved`, which reads each creation block and draws its image. Image inputs are
+    encoded once, before the prefill (`mm_encoder_outputs`), and work with the KV cache, beam search and assisted
+    generation.
 
     Example:
 
@@ -263,6 +376,8 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        # The text-only generation contract, written into generation_config.json by `save_pretrained`.
+        self.generation_config.suppress_tokens = config.special_token_ids
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -279,14 +394,66 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, vision_feature_layer: int | None = None, **kwargs
+    ) -> tuple | BaseModelOutputWithPooling:
+        """See [`DreamLLMModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, **kwargs)
 
     def get_null_condition(self) -> torch.FloatTensor:
         # Through this model's own forward, so accelerate's offload hooks on it fire.
         null_ids = self.model.null_condition_ids()
-        return self(input_ids=null_ids, use_cache=False, logits_to_keep=1).condition_embeds
+        return self(input_ids=null_ids, use_cache=False, logits_to_keep=1, return_dict=True).condition_embeds
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        # Image inputs go to the call that reads their blocks: the first one with nothing cached. That is the prefill,
+        # and also an assistant model's first draft call, which transformers does not count as a first iteration.
+        if cache is None or cache.get_seq_length() == 0:
+            is_first_iteration = True
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output: dict, expand_size: int = 1, inputs_embeds=None):
+        # Beam search and `num_return_sequences` repeat each row `expand_size` times; each copy needs its row's images.
+        # transformers groups images by `config.image_token_id`, but DreamLLM rows hold `<im_start>` blocks instead
+        # (`<image>` is the processor's placeholder), so group by those.
+        image_outputs = mm_encoder_output.get("image")
+        if expand_size == 1 or image_outputs is None or image_outputs.pooler_output is None:
+            return mm_encoder_output
+        if input_ids is None or input_ids.numel() == 0:
+            input_ids = self.model.block_token_ids_from_embeds(inputs_embeds)
+        per_row = (input_ids == self.config.image_start_token_id).sum(-1).tolist()
+        features = list(image_outputs.pooler_output)
+        if sum(per_row) != len(features):
+            raise ValueError(f"the input has {sum(per_row)} image blocks but {len(features)} images were given")
+        starts = [sum(per_row[:row]) for row in range(len(per_row))]
+        image_outputs.pooler_output = [
+            feature
+            for start, count in zip(starts, per_row)
+            for _ in range(expand_size)
+            for feature in features[start : start + count]
+        ]
+        return mm_encoder_output
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -295,12 +462,15 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
-        image_features: torch.FloatTensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> DreamLLMCausalLMOutputWithPast:
+    ) -> tuple | DreamLLMCausalLMOutputWithPast:
         r"""
+        See [`DreamLLMModel.forward`] for the inputs it shares (blocks, `mm_encoder_outputs`, `cache` /
+        `past_key_values`).
+
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets (shifted inside); -100 is ignored. The loss is the token mean over the others.
         logits_to_keep (`int` or `torch.Tensor`, defaults to 0):
@@ -313,7 +483,8 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
-            image_features=image_features,
+            mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
@@ -328,6 +499,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
             condition_embeds=outputs.condition_embeds,
         )
 

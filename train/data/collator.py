@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
+from processing_dreamllm import IGNORE_INDEX
 
 
 def _concat(samples: list[dict], key: str) -> torch.Tensor | None:

@@ -9,15 +9,20 @@ records are encoded in data-loader worker processes: the collator sums them per 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import torch
+from datasets import IterableDataset
+
+from train.errors import InputError
+
+from processing_dreamllm import IGNORE_INDEX
 
 from .samples import NOTE_KEYS, SKIP_REASONS, BadSample, SampleBuilder, SampleSpec
 
 COUNT_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS) + NOTE_KEYS
 SAMPLE_KEYS = ("input_ids", "labels", "pixel_values", "target_pixel_values", "data_counts")
-IGNORE_INDEX = -100
 
 
 class SampleEncoder:
@@ -61,16 +66,24 @@ class SampleEncoder:
         except ValueError as error:  # placeholders and images that do not match, and the like
             raise BadSample("invalid_sample", str(error)) from error
         input_ids, labels = batch["input_ids"][0], batch["labels"][0]
-        if not bool((labels != IGNORE_INDEX).any()):
-            raise BadSample("too_long", "nothing left to learn after truncation")
+        is_dream_start = input_ids == self.dream_start_token_id
+        num_blocks = int(is_dream_start.sum())
         targets = batch.get("target_pixel_values")
-        if spec.extra_targets:  # trailing <dream>s without read-back come after every other creation block
-            extra = self.processor.diffusion_image_processor(spec.extra_targets, return_tensors="pt")["pixel_values"]
+        extra_targets = spec.extra_targets
+        if spec.truncatable:  # truncation may have dropped trailing blocks, whose targets go with them
+            extra_targets = extra_targets[: max(0, num_blocks - (0 if targets is None else len(targets)))]
+        if extra_targets:  # <dream>s without read-back come after every other creation block
+            extra = self.processor.diffusion_image_processor(extra_targets, return_tensors="pt")["pixel_values"]
             targets = extra if targets is None else torch.cat([targets, extra])
-        num_blocks = int((input_ids == self.dream_start_token_id).sum())
         num_targets = 0 if targets is None else len(targets)
         if num_blocks != num_targets:
             raise BadSample("invalid_sample", f"{num_blocks} creation blocks for {num_targets} targets")
+        if not spec.learn_labels:
+            labels = torch.full_like(labels, IGNORE_INDEX)
+        elif not spec.learn_dream_start:
+            labels = labels.masked_fill(is_dream_start, IGNORE_INDEX)
+        if not bool((labels != IGNORE_INDEX).any()) and not num_targets:
+            raise BadSample("too_long", "nothing left to learn after truncation")
         return {
             "input_ids": input_ids,
             "labels": labels,
@@ -106,7 +119,10 @@ class MapStyleTransform:
                 continue
             sample["data_counts"] = dict(Counter(sample["data_counts"]) + skipped)
             return sample
-        raise RuntimeError(f"{attempt + 1} consecutive records could not be used ({dict(skipped)} ...): check the data")
+        source = json.loads(row["record"]).get("key", "?")
+        raise InputError(
+            f"{attempt + 1} consecutive records up to {source} could not be used ({dict(skipped)} ...): check the data"
+        )
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
@@ -115,12 +131,11 @@ class MapStyleTransform:
 
 
 class StreamingTransform:
-    """Batched `IterableDataset.map` hook: drops bad rows and adds their counts to the next good sample of this
-    worker (bad rows after a worker's last good sample of a pass go uncounted)."""
+    """Batched `IterableDataset.map` hook: encodes each row; a bad row becomes a count-only row (`input_ids` None,
+    `data_counts` naming its reason) that `CountedStream` folds into a neighbouring sample."""
 
     def __init__(self, encoder: SampleEncoder):
         self.encoder = encoder
-        self.pending = Counter()
 
     def __call__(self, batch: dict) -> dict:
         out = {key: [] for key in SAMPLE_KEYS}
@@ -128,13 +143,58 @@ class StreamingTransform:
             try:
                 sample = self.encoder.encode(dict(zip(batch, values, strict=True)))
             except BadSample as bad:
-                self.pending[f"skipped_{bad.reason}"] += 1
-                continue
-            sample["data_counts"] = dict(Counter(sample["data_counts"]) + self.pending)
-            self.pending.clear()
+                sample = dict.fromkeys(SAMPLE_KEYS, None) | {"data_counts": {f"skipped_{bad.reason}": 1}}
             for key in SAMPLE_KEYS:
                 out[key].append(sample[key])
         return out
 
 
-__all__ = ["SampleEncoder", "MapStyleTransform", "StreamingTransform", "COUNT_KEYS", "SAMPLE_KEYS"]
+def fold_counts(samples, sources: list[str]):
+    """Yield the real samples of `samples`, each carrying the counts of the count-only rows before it; those after
+    the last one go to the last one (held back one step for that). A pass without any real sample is an error."""
+    held, pending = None, Counter()
+    for sample in samples:
+        if sample["input_ids"] is None:
+            pending.update(sample["data_counts"])
+            continue
+        sample["data_counts"] = dict(Counter(sample["data_counts"]) + pending)
+        pending = Counter()
+        if held is not None:
+            yield held
+        held = sample
+    if held is None:
+        if pending:
+            raise InputError(f"--data {', '.join(sources)}: no record of this pass could be used ({dict(pending)})")
+        return
+    held["data_counts"] = dict(Counter(held["data_counts"]) + pending)
+    yield held
+
+
+class CountedStream(IterableDataset):
+    """The encoded stream as a `datasets.IterableDataset` whose iteration (in each data-loader worker, and on each
+    process after `shard`) folds the count-only rows of skipped records into real samples (`fold_counts`), so every
+    skipped record is counted, the last ones of a pass included."""
+
+    sources: list[str]
+
+    @classmethod
+    def wrap(cls, stream: IterableDataset, sources: list[str]) -> "CountedStream":
+        counted = cls(
+            ex_iterable=stream._ex_iterable,
+            info=stream._info,
+            split=stream._split,
+            formatting=stream._formatting,
+            distributed=stream._distributed,
+            token_per_repo_id=stream._token_per_repo_id,
+        )
+        counted.sources = sources
+        return counted
+
+    def __iter__(self):
+        yield from fold_counts(super().__iter__(), self.sources)
+
+    def shard(self, *args, **kwargs) -> "CountedStream":  # accelerate shards the stream over processes
+        return CountedStream.wrap(super().shard(*args, **kwargs), self.sources)
+
+
+__all__ = ["COUNT_KEYS", "SAMPLE_KEYS", "CountedStream", "MapStyleTransform", "SampleEncoder", "StreamingTransform"]

@@ -19,16 +19,26 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from train.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CAPTION_EXTENSIONS = (".txt", ".json")
 CAPTION_FIELDS = ("caption", "text", "TEXT", "txt")
 SOURCE_KINDS = ("pairs", "webdataset", "json", "hf")
+MAX_FILE_BYTES = 64 * 2**20  # largest image or caption file read (the same cap for tar members)
+KINDS_HINT = "a folder of NAME.png|jpg + NAME.txt pairs, .tar shards, .jsonl/.json, .parquet or a save_to_disk folder"
+# What reading a damaged shard raises: tarfile's own errors, and those of its decompressors.
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 
 def record(kind: str, payload: dict, blobs: list[bytes] | None = None) -> dict:
@@ -61,14 +71,19 @@ class DataSource:
     kind: str
     files: list[str] = field(default_factory=list)
     weight: float = 1.0
+    max_file_bytes: int = MAX_FILE_BYTES
 
     @classmethod
-    def parse(cls, spec: str) -> DataSource:
+    def parse(cls, spec: str, max_file_bytes: int = MAX_FILE_BYTES) -> DataSource:
+        """A `--data PATH[:WEIGHT]` argument; a path that is not a usable source is an `InputError` naming it."""
         path, weight = _split_weight(spec)
-        if weight <= 0:
-            raise ValueError(f"--data {spec}: the weight must be > 0")
+        if not weight > 0 or weight == float("inf"):
+            raise InputError(f"--data {spec}: the weight must be a positive number")
         kind, files = detect_kind(path)
-        return cls(path=path, kind=kind, files=files, weight=weight)
+        if kind == "webdataset":
+            for tar_path in files:
+                check_tar(tar_path)
+        return cls(path=path, kind=kind, files=files, weight=weight, max_file_bytes=max_file_bytes)
 
     @property
     def name(self) -> str:
@@ -81,7 +96,7 @@ class DataSource:
             yield from iter_pair_folder(files)
         elif self.kind == "webdataset":
             for tar_path in files:
-                yield from (iter_tar_stream(tar_path) if streaming else iter_tar_index(tar_path))
+                yield from (iter_tar_stream(tar_path, self.max_file_bytes) if streaming else iter_tar_index(tar_path))
         elif self.kind == "json":
             for json_path in files:
                 yield from iter_json_documents(json_path)
@@ -94,10 +109,10 @@ def detect_kind(path: str) -> tuple[str, list[str]]:
     if any(char in path for char in "*?["):
         matches = sorted(glob.glob(path))
         if not matches:
-            raise FileNotFoundError(f"--data {path}: no file matches")
+            raise InputError(f"--data {path}: no file matches; pass {KINDS_HINT}")
         kinds = {detect_kind(match)[0] for match in matches}
         if len(kinds) != 1:
-            raise ValueError(f"--data {path}: mixes source kinds {sorted(kinds)}; pass them separately")
+            raise InputError(f"--data {path}: mixes source kinds {sorted(kinds)}; pass them separately")
         return kinds.pop(), [f for match in matches for f in detect_kind(match)[1]]
     target = Path(path)
     if target.is_file():
@@ -108,12 +123,18 @@ def detect_kind(path: str) -> tuple[str, list[str]]:
             return "json", [str(target)]
         if suffix == ".parquet":
             return "hf", [str(target)]
-        raise ValueError(f"--data {path}: unsupported file type {suffix!r} (.tar, .jsonl, .json or .parquet)")
+        raise InputError(f"--data {path}: unsupported file type {suffix!r}; pass {KINDS_HINT}")
+    if os.path.lexists(target) and not target.is_dir():
+        raise InputError(f"--data {path}: not a regular file or folder; pass {KINDS_HINT}")
     if not target.is_dir():
-        raise FileNotFoundError(f"--data {path}: no such file or folder")
+        raise InputError(f"--data {path}: no such file or folder; pass {KINDS_HINT}")
     if (target / "state.json").is_file() and (target / "dataset_info.json").is_file():
         return "hf", [str(target)]
-    entries = sorted(p for p in target.iterdir() if p.is_file())
+    listing = sorted(target.iterdir())
+    entries = [p for p in listing if p.is_file()]
+    others = [p.name for p in listing if not p.is_file() and not p.is_dir()]
+    if others:  # FIFOs, sockets, devices, dangling links: never opened
+        logger.warning("--data %s: ignoring %d entries that are not regular files: %s", path, len(others), others[:5])
     by_suffix = lambda *suffixes: [str(p) for p in entries if p.suffix.lower() in suffixes]  # noqa: E731
     if by_suffix(".tar"):
         return "webdataset", by_suffix(".tar")
@@ -123,36 +144,62 @@ def detect_kind(path: str) -> tuple[str, list[str]]:
         return "hf", by_suffix(".parquet")
     images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
     if any(p.with_suffix(".txt").is_file() for p in images):
-        return "pairs", [str(p) for p in images]
-    raise ValueError(
-        f"--data {path}: cannot tell the kind of this folder (expected NAME.png|jpg + NAME.txt pairs, .tar shards, "
-        ".jsonl/.json documents, .parquet files or a datasets save_to_disk folder)"
-    )
+        # Every image-named entry but folders: links and special files become counted skips when read.
+        named = [p for p in listing if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
+        return "pairs", [str(p) for p in named]
+    raise InputError(f"--data {path}: cannot tell the kind of this folder; pass {KINDS_HINT}")
+
+
+def check_tar(tar_path: str) -> None:
+    """A shard opens as a tar archive and, uncompressed, ends with the end-of-archive blocks (a cut-short copy does
+    not); otherwise an `InputError` naming it."""
+    try:
+        with tarfile.open(tar_path, "r:*") as archive:
+            archive.next()
+    except TAR_ERRORS as error:
+        raise InputError(f"--data {tar_path}: not a readable tar archive ({error})") from error
+    try:
+        tarfile.open(tar_path, "r:").close()
+    except tarfile.TarError:
+        return  # compressed: a cut-short stream is reported when its end is read
+    size = os.path.getsize(tar_path)
+    with open(tar_path, "rb") as handle:
+        handle.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
+        end = handle.read()
+    if size % tarfile.BLOCKSIZE or end != bytes(2 * tarfile.BLOCKSIZE):
+        raise InputError(f"--data {tar_path}: truncated tar archive (no end-of-archive marker); copy it again")
 
 
 # ------------------------------------------------------------------------------------------------------ readers
 def iter_pair_folder(image_files: list[str]) -> Iterator[dict]:
-    """`NAME.png` + `NAME.txt`: one pair per image (a missing caption file is reported when the pair is read)."""
+    """`NAME.png` + `NAME.txt`: one pair per image (a missing caption file is reported when the pair is read); both
+    files must lie in the pair's folder (`root`)."""
     for image_file in image_files:
         caption_file = os.path.splitext(image_file)[0] + ".txt"
-        yield record("pair", {"key": image_file, "image": {"path": image_file}, "caption_file": caption_file})
+        root = os.path.dirname(os.path.abspath(image_file))
+        payload = {"key": image_file, "image": {"path": image_file}, "caption_file": caption_file, "root": root}
+        yield record("pair", payload)
 
 
 def _group_tar_members(tar_path: str) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """Consecutive members sharing a webdataset key, as (key, {extension: member})."""
-    with tarfile.open(tar_path, "r:*") as archive:
-        current_key, group = None, {}
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = _webdataset_key(member.name)
-            if key != current_key and group:
+    """Consecutive members sharing a webdataset key, as (key, {extension: member}). Member names are keys only:
+    nothing is ever extracted to the file system."""
+    try:
+        with tarfile.open(tar_path, "r:*") as archive:
+            current_key, group = None, {}
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, extension = _webdataset_key(member.name)
+                if key != current_key and group:
+                    yield current_key, group
+                    group = {}
+                current_key = key
+                group[extension] = member
+            if group:
                 yield current_key, group
-                group = {}
-            current_key = key
-            group[extension] = member
-        if group:
-            yield current_key, group
+    except TAR_ERRORS as error:
+        raise InputError(f"--data {tar_path}: damaged or truncated tar archive ({error}); copy it again") from error
 
 
 def _tar_pair_fields(group: dict) -> tuple[str | None, str | None]:
@@ -174,29 +221,40 @@ def iter_tar_index(tar_path: str) -> Iterator[dict]:
         yield record("pair", payload)
 
 
-def iter_tar_stream(tar_path: str) -> Iterator[dict]:
-    """Streaming: members read sequentially; their bytes travel in `blobs` (0: image, 1: caption)."""
-    with tarfile.open(tar_path, "r|*") as archive:  # a pure stream: no seeking, works on pipes and object stores
-        current_key, group = None, {}
+def iter_tar_stream(tar_path: str, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[dict]:
+    """Streaming: members read sequentially; their bytes travel in `blobs` (0: image, 1: caption). A member over
+    `max_file_bytes` is not read: its reference says so, and the record is skipped as `file_too_large`."""
+    current_key, group = None, {}
 
-        def flush():
-            image_ext, caption_ext = _tar_pair_fields(group)
-            blobs = [group.get(image_ext, b""), group.get(caption_ext, b"")]
-            payload = {"key": f"{tar_path}#{current_key}", "image": {"blob": 0} if image_ext else None}
-            payload["caption_ref"] = {"blob": 1, "ext": caption_ext} if caption_ext else None
-            return record("pair", payload, blobs)
+    def reference(extension: str | None, blob: int) -> dict | None:
+        if extension is None:
+            return None
+        data = group[extension]
+        return {"blob": blob, "ext": extension, **({"too_large": data} if isinstance(data, int) else {})}
 
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = _webdataset_key(member.name)
-            if key != current_key and group:
+    def flush():
+        image_ext, caption_ext = _tar_pair_fields(group)
+        blobs = [group.get(ext) if isinstance(group.get(ext), bytes) else b"" for ext in (image_ext, caption_ext)]
+        payload = {"key": f"{tar_path}#{current_key}", "image": reference(image_ext, 0)}
+        payload["caption_ref"] = reference(caption_ext, 1)
+        return record("pair", payload, blobs)
+
+    try:
+        with tarfile.open(tar_path, "r|*") as archive:  # a pure stream: no seeking, works on pipes and object stores
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, extension = _webdataset_key(member.name)
+                if key != current_key and group:
+                    yield flush()
+                    group = {}
+                current_key = key
+                too_large = member.size > max_file_bytes
+                group[extension] = member.size if too_large else archive.extractfile(member).read()
+            if group:
                 yield flush()
-                group = {}
-            current_key = key
-            group[extension] = archive.extractfile(member).read()
-        if group:
-            yield flush()
+    except TAR_ERRORS as error:
+        raise InputError(f"--data {tar_path}: damaged or truncated tar archive ({error}); copy it again") from error
 
 
 def iter_json_documents(json_path: str) -> Iterator[dict]:
@@ -209,14 +267,18 @@ def iter_json_documents(json_path: str) -> Iterator[dict]:
                 if line.strip():
                     yield record("json", {"key": f"{json_path}:{number}", "line": line, "root": root})
         return
-    with open(json_path, encoding="utf-8") as handle:
+    with open(json_path, encoding="utf-8", errors="replace") as handle:
         try:
             content = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{json_path} is not valid JSON ({error}); use .jsonl to skip broken records") from error
+        except (ValueError, RecursionError) as error:
+            problem = f"not valid JSON ({error}); use .jsonl to skip broken records"
+            raise InputError(f"--data {json_path}: {problem}") from error
     items = content if isinstance(content, list) else [content]
     for number, item in enumerate(items):
         yield record("json", {"key": f"{json_path}:{number}", "item": item, "root": root})
 
 
-__all__ = ["DataSource", "detect_kind", "record", "SOURCE_KINDS", "IMAGE_EXTENSIONS", "CAPTION_FIELDS"]
+__all__ = [
+    "CAPTION_FIELDS", "DataSource", "IMAGE_EXTENSIONS", "MAX_FILE_BYTES", "SOURCE_KINDS", "check_tar", "detect_kind",
+    "record",
+]

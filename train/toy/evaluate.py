@@ -17,7 +17,7 @@ import torch
 
 from train.toy.judge import score_scene
 from train.toy.world import (
-    ATTRIBUTES, CHANGE_PHRASES, COLORS, Scene, Shape, caption, parse_caption, parse_step, render, sample_instruction,
+    ATTRIBUTES, CHANGE_PHRASES, COLORS, QA, Scene, Shape, caption, parse_caption, parse_step, render, sample_instruction,
     sample_qa, sample_scene,
 )
 
@@ -78,24 +78,43 @@ def _mean(values) -> float:
     return sum(values) / max(len(values), 1)
 
 
+UNDERSTANDING_SEED = HELD_OUT_SEED + 1
+UNDERSTANDING_MAX_NEW_TOKENS = 4
+
+
+def understanding_questions(
+    num_questions: int = FULL["num_questions"], seed: int = UNDERSTANDING_SEED
+) -> list[tuple[Scene, QA]]:
+    """The held-out questions, in order: kinds cycle colour, shape, position (also exported as lmms-eval's
+    `shapes_vqa` task, see eval/lmms_tasks)."""
+    rng = np.random.default_rng(seed)
+    questions = []
+    for index in range(num_questions):
+        scene = sample_scene(rng)
+        questions.append((scene, sample_qa(rng, scene, kind=ATTRIBUTES[index % len(ATTRIBUTES)])))
+    return questions
+
+
+def answer_is_right(answer: str, expected: str) -> bool:
+    """The judge of a written answer: its first word, without a full stop and lowercased, is the expected word."""
+    words = answer.strip().strip(".").lower().split()
+    return bool(words) and words[0] == expected
+
+
 @torch.no_grad()
 def understanding(
-    model, processor, num_questions: int = FULL["num_questions"], seed: int = HELD_OUT_SEED + 1
+    model, processor, num_questions: int = FULL["num_questions"], seed: int = UNDERSTANDING_SEED
 ) -> dict[str, float]:
     """Exact first-word answers, by question kind; `two_shape_*` covers the questions about one of two shapes ("What
     color is the circle?"), which need colour bound to shape and place."""
-    rng = np.random.default_rng(seed)
     results = []  # (kind, number of shapes, right)
-    for index in range(num_questions):
-        scene = sample_scene(rng)
-        qa = sample_qa(rng, scene, kind=ATTRIBUTES[index % len(ATTRIBUTES)])
+    for scene, qa in understanding_questions(num_questions, seed):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa.question}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=prompt, images=[render(scene)]).to(model.device)
-        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=UNDERSTANDING_MAX_NEW_TOKENS, do_sample=False)
         answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-        words = answer.strip().strip(".").lower().split()
-        results.append((qa.kind, len(scene.shapes), bool(words) and words[0] == qa.answer))
+        results.append((qa.kind, len(scene.shapes), answer_is_right(answer, qa.answer)))
     return (
         {kind: _mean(right for k, _, right in results if k == kind) for kind in ATTRIBUTES}
         | {"all": _mean(right for _, _, right in results)}

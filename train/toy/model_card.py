@@ -1,26 +1,24 @@
-"""The model card (`README.md`) of a shapes-world DreamLLM, with its held-out scores and how it was trained.
+"""The model card (`README.md`, a `huggingface_hub.ModelCard`) of a shapes-world DreamLLM: what the model knows (the
+world's vocabulary), its held-out scores and how it was trained.
 
     write_model_card(Path("runs/toy/sft"), scores.table(), seconds={"stage0": 1500.0, "igpt": 600.0},
                      seed=0, scale=1.0)
+    refresh_model_card(Path("checkpoints/toy"))  # new metadata and vocabulary, every number of the card kept
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-CARD_TEMPLATE = """---
-library_name: transformers
-pipeline_tag: any-to-any
-license: apache-2.0
-tags:
-- dreamllm
-- multimodal
-- text-to-image
-- custom_code
-- toy
----
+from huggingface_hub import ModelCard, ModelCardData
 
-# DreamLLM of the shapes world
+from train.toy.world import CHANGE_PHRASES, COLORS, IMAGE_SIZE, POSITION_PHRASES, SHAPES, Scene, Shape, caption
+
+TAGS = ["dreamllm", "multimodal", "text-to-image", "custom_code", "toy"]
+KNOWLEDGE_HEADING = "## What the model knows"
+
+CARD_TEMPLATE = """# DreamLLM of the shapes world
 
 A complete, tiny DreamLLM (Dong et al., ICLR 2024) trained from scratch on CPU on a procedural world: 64x64 pictures
 of one or two coloured shapes (6 colours, 3 shapes, 5 positions) on black. It is trained to answer questions about
@@ -31,6 +29,8 @@ AutoencoderKL and a UNet2DConditionModel (the frozen "Stable Diffusion" of the w
 `train.assemble` and the three DreamLLM stages (alignment, I-GPT, SFT).
 
 {size_line}
+
+{{knowledge}}
 
 ## Use
 
@@ -137,6 +137,50 @@ def write_model_card(
         min_timestep=MIN_TIMESTEP,
         decoder_line=_decoder_line(stage0_log),
     )
+    return _save(folder, card.replace("{knowledge}", knowledge_section()))
+
+
+def card_data() -> ModelCardData:
+    """The card's metadata. No `base_model`: every part was trained from scratch."""
+    return ModelCardData(library_name="transformers", pipeline_tag="any-to-any", license="apache-2.0", tags=TAGS)
+
+
+def knowledge_section() -> str:
+    """The world's whole vocabulary, from `train.toy.world`: the colours, shapes and positions the model can name,
+    read and draw, and the prompt forms it was trained on."""
+    one = caption(Scene((Shape("red", "circle", "left"),)))
+    two = caption(Scene((Shape("red", "circle", "left"), Shape("blue", "square", "top"))))
+    colors = ", ".join(f"{name} {rgb}" for name, rgb in COLORS.items())
+    changes = " / ".join(CHANGE_PHRASES.values())
+    return f"""{KNOWLEDGE_HEADING}
+
+Only the shapes world: {IMAGE_SIZE}x{IMAGE_SIZE} pictures of one or two filled shapes on black, and the words that
+describe them. Words outside this vocabulary are unknown to its word-level tokenizer.
+
+- Colours ({len(COLORS)}): {colors} (RGB).
+- Shapes ({len(SHAPES)}): {", ".join(SHAPES)}.
+- Positions ({len(POSITION_PHRASES)}): {", ".join(POSITION_PHRASES.values())}.
+- Captions to draw: "{one}", "{two}".
+- Questions about a picture: "What color is the shape?", "What shape is it?", "Where is the shape?", "Describe the
+  image."; with two shapes "What color is the circle?", "What shape is on the left?", "Where is the red circle?".
+- Instructions: "Draw {one}.", "Tell a short story about a square that changes color, with pictures." (a shape
+  that {changes}), "Tell a short story with pictures."
+"""
+
+
+def _save(folder: Path, body: str) -> Path:
     path = folder / "README.md"
-    path.write_text(card)
+    ModelCard(f"---\n{card_data().to_yaml()}\n---\n\n{body.strip()}\n").save(path)
     return path
+
+
+def refresh_model_card(folder: Path) -> Path:
+    """Rewrite `folder/README.md` with the current metadata and vocabulary section, keeping the rest of its text (the
+    run's scores, timings and recipe) as it is: no retraining, no number changed."""
+    body = ModelCard.load(folder / "README.md").text
+    knowledge = knowledge_section().strip()
+    if KNOWLEDGE_HEADING in body:
+        body = re.sub(re.escape(KNOWLEDGE_HEADING) + r".*?(?=\n## )", lambda _: knowledge + "\n", body, flags=re.S)
+    else:
+        body = body.replace("\n## Use\n", f"\n{knowledge}\n\n## Use\n", 1)
+    return _save(folder, body)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
 from transformers.image_utils import PILImageResampling
 
 from .stage0_common import (
@@ -73,9 +73,9 @@ def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
     return model
 
 
-def image_processor() -> CLIPImageProcessor:
+def image_processor() -> CLIPImageProcessorPil:
     """64 px in, 64 px out: the resize and crop are identities on world pictures; OpenAI's mean/std."""
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": 64},
         crop_size={"height": 64, "width": 64},
         resample=PILImageResampling.BICUBIC,
@@ -238,7 +238,7 @@ def zero_shot(model: CLIPModel, tokenizer, seed: int, num_images: int = 300) -> 
 
 
 def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
-    """CLIPModel + CLIPImageProcessor + tokenizer, each loadable on its own from `path`."""
+    """CLIPModel + CLIPImageProcessorPil + tokenizer, each loadable on its own from `path`."""
     model.save_pretrained(path)
     image_processor().save_pretrained(path)
     tokenizer.save_pretrained(path)

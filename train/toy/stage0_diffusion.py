@@ -208,7 +208,7 @@ def train_unet(
     scheduler = build_scheduler()
     # Min-SNR-gamma weights: nearly clean steps, whose epsilon loss is all fine detail, count less; colour, shape and
     # layout are decided at the noisier steps and converge several times faster.
-    min_snr_weight = min_snr_weights(scheduler.alphas_cumprod, MIN_SNR_GAMMA)
+    min_snr_weight = min_snr_weights(scheduler, torch.arange(scheduler.config.num_train_timesteps), MIN_SNR_GAMMA)
     generator = torch.Generator().manual_seed(seed + 41)
     steps, batch = scaled(UNET_STEPS, steps_scale), scaled_batch(UNET_BATCH, steps_scale)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=UNET_LR, weight_decay=0.0)
