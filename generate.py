@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from train.folders import staged_folder
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "toy"
 
@@ -89,15 +88,10 @@ def write_document(segments: list, prompt: str, folder: Path, settings: dict[str
         raise FileExistsError(f"{folder} already exists: a document is never written over another")
     folder.parent.mkdir(parents=True, exist_ok=True)
     page, images = render_page(segments, prompt, settings)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:  # written aside, then moved into place in one rename
         for index, image in enumerate(images, start=1):
             image.save(staging / f"image_{index}.png")
         (staging / "index.html").write_text(page, encoding="utf-8")
-        os.rename(staging, folder)  # atomic; fails rather than replace a folder that appeared meanwhile
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder / "index.html"
 
 
