@@ -126,6 +126,7 @@ class _CachedDocument:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            return_dict=True,  # attribute access below, whatever the config's return_dict
             **model_inputs,
         )
         self.cache = outputs.cache
@@ -573,7 +574,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         if self._null_condition_cache is None or self._null_condition_cache[0] != key:
             # The ids on the execution device: under sequential offload the llm's own weights sit on `meta`.
             ids = self.llm.model.null_condition_ids(device=self._execution_device)
-            condition = self.llm(input_ids=ids, use_cache=False, logits_to_keep=1).condition_embeds
+            condition = self.llm(input_ids=ids, use_cache=False, logits_to_keep=1, return_dict=True).condition_embeds
             self._null_condition_cache = (key, condition)
         return self._null_condition_cache[1]
 
@@ -626,6 +627,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             pixel_values=self._pixel_values(images, device),
             use_cache=False,
             logits_to_keep=1,  # only the hidden states matter, not full-vocabulary logits
+            return_dict=True,
         )
         conditions = outputs.condition_embeds
         if conditions is None or conditions.shape[0] != len(prompts):
