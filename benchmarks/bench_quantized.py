@@ -56,6 +56,15 @@ def memory_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def weight_mib(module: torch.nn.Module) -> float:
+    """Bytes the parameters hold (a quantized weight: its int8 data and scales)."""
+    total = 0
+    for param in module.parameters():
+        inner = [getattr(param.data, name) for name in getattr(param.data, "tensor_data_names", [])]
+        total += sum(t.nbytes for t in inner) if inner else param.data.nbytes
+    return total / 2**20
+
+
 def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
     from modeling_dreamllm import DreamLLMForCausalLM
     from pipeline_dreamllm import DreamLLMPipeline
@@ -87,7 +96,7 @@ def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
         start = time.perf_counter()
         llm.generate(**inputs, **settings)
         decode = time.perf_counter() - start
-    return {"variant": variant, "load_s": load, "rss_after_load_mib": after_load,
+    return {"variant": variant, "load_s": load, "weights_mib": weight_mib(llm), "anon_mib": memory_mib("RssAnon"), "rss_after_load_mib": after_load,
             "peak_rss_mib": memory_mib("VmHWM"),
             "text_to_image_s": text_to_image, "encode_prompt_s": encode, "decode_tok_s": tokens / decode}
 
@@ -113,11 +122,12 @@ def main() -> None:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     print(f"7B-shaped LLM with {args.layers} layers, CPU, one thread; text-to-image {args.steps} steps at 64 px; "
           f"decode {args.tokens} tokens")
-    print("| LLM | load s | RSS after load MiB | peak RSS MiB | text-to-image s | prompt encode s | decode tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| LLM | LLM weights MiB | load s | RSS after load MiB | peak RSS MiB | anonymous RSS at end MiB "
+          "| text-to-image s | prompt encode s | decode tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['variant']} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} | {row['peak_rss_mib']:.0f} "
-              f"| {row['text_to_image_s']:.2f} | {row['encode_prompt_s']:.3f} | {row['decode_tok_s']:.2f} |")
+        print(f"| {row['variant']} | {row['weights_mib']:.0f} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} | {row['peak_rss_mib']:.0f} "
+              f"| {row['anon_mib']:.0f} | {row['text_to_image_s']:.2f} | {row['encode_prompt_s']:.3f} | {row['decode_tok_s']:.2f} |")
 
 
 if __name__ == "__main__":
