@@ -96,7 +96,8 @@ def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
         start = time.perf_counter()
         llm.generate(**inputs, **settings)
         decode = time.perf_counter() - start
-    return {"variant": variant, "load_s": load, "weights_mib": weight_mib(llm), "anon_mib": memory_mib("RssAnon"), "rss_after_load_mib": after_load,
+    return {"variant": variant, "load_s": load, "weights_mib": weight_mib(llm), "anon_mib": memory_mib("RssAnon"),
+            "rss_after_load_mib": after_load,
             "peak_rss_mib": memory_mib("VmHWM"),
             "text_to_image_s": text_to_image, "encode_prompt_s": encode, "decode_tok_s": tokens / decode}
 
@@ -126,7 +127,8 @@ def main() -> None:
           "| text-to-image s | prompt encode s | decode tokens/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['variant']} | {row['weights_mib']:.0f} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} | {row['peak_rss_mib']:.0f} "
+        print(f"| {row['variant']} | {row['weights_mib']:.0f} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} "
+              f"| {row['peak_rss_mib']:.0f} "
               f"| {row['anon_mib']:.0f} | {row['text_to_image_s']:.2f} | {row['encode_prompt_s']:.3f} | {row['decode_tok_s']:.2f} |")
 
 
