@@ -1,7 +1,7 @@
 """Low-memory inference: the LLM in bf16 against int8 weight-only (torchao, through transformers' `TorchAoConfig`),
 inside `DreamLLMPipeline`, on a 7B-shaped LLM (4096 wide, 11008 MLP, 32 heads, 32008 tokens) with few layers.
 
-Each variant runs in its own process, so that its peak RSS is its own: load the folder (the LLM quantized while
+Each variant runs in its own process, so that its peak RSS (Linux `VmHWM`) is its own: load the folder (the LLM quantized while
 loading), text-to-image (64 px random decoder, so that the LLM's part shows), greedy understanding decode.
 
     python benchmarks/bench_quantized.py              # 2 layers, CPU
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,24 @@ def build_folder(root: Path, layers: int) -> Path:
     return assemble(parts["llm"], parts["vision"], parts["diffusion"], root / "dreamllm", 16, dtype="bfloat16")
 
 
+def memory_mib(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak) of this process from /proc: unlike `ru_maxrss`, the peak starts afresh at exec,
+    so a child does not report the peak of the parent that built the folder."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def weight_mib(module: torch.nn.Module) -> float:
+    """Bytes the parameters hold (a quantized weight: its int8 data and scales)."""
+    total = 0
+    for param in module.parameters():
+        inner = [getattr(param.data, name) for name in getattr(param.data, "tensor_data_names", [])]
+        total += sum(t.nbytes for t in inner) if inner else param.data.nbytes
+    return total / 2**20
+
+
 def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
     from modeling_dreamllm import DreamLLMForCausalLM
     from pipeline_dreamllm import DreamLLMPipeline
@@ -64,7 +81,7 @@ def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
     pipe = DreamLLMPipeline.from_pretrained(folder, llm=llm, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - start
-    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after_load = memory_mib("VmRSS")
     pipe("warm up", num_inference_steps=1, output_type="np")
     start = time.perf_counter()
     pipe(PROMPT, num_inference_steps=steps, output_type="np", generator=torch.manual_seed(0))
@@ -79,8 +96,9 @@ def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
         start = time.perf_counter()
         llm.generate(**inputs, **settings)
         decode = time.perf_counter() - start
-    return {"variant": variant, "load_s": load, "rss_after_load_mib": after_load,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"variant": variant, "load_s": load, "weights_mib": weight_mib(llm), "anon_mib": memory_mib("RssAnon"),
+            "rss_after_load_mib": after_load,
+            "peak_rss_mib": memory_mib("VmHWM"),
             "text_to_image_s": text_to_image, "encode_prompt_s": encode, "decode_tok_s": tokens / decode}
 
 
@@ -105,11 +123,13 @@ def main() -> None:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     print(f"7B-shaped LLM with {args.layers} layers, CPU, one thread; text-to-image {args.steps} steps at 64 px; "
           f"decode {args.tokens} tokens")
-    print("| LLM | load s | RSS after load MiB | peak RSS MiB | text-to-image s | prompt encode s | decode tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| LLM | LLM weights MiB | load s | RSS after load MiB | peak RSS MiB | anonymous RSS at end MiB "
+          "| text-to-image s | prompt encode s | decode tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['variant']} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} | {row['peak_rss_mib']:.0f} "
-              f"| {row['text_to_image_s']:.2f} | {row['encode_prompt_s']:.3f} | {row['decode_tok_s']:.2f} |")
+        print(f"| {row['variant']} | {row['weights_mib']:.0f} | {row['load_s']:.1f} | {row['rss_after_load_mib']:.0f} "
+              f"| {row['peak_rss_mib']:.0f} "
+              f"| {row['anon_mib']:.0f} | {row['text_to_image_s']:.2f} | {row['encode_prompt_s']:.3f} | {row['decode_tok_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, scratch: Path):
             condition_hidden_size=SD21_BASE_UNET_CONFIG["cross_attention_dim"],
             **{name: getattr(tiny_config, name) for name in DreamLLMConfig().to_dict() if name.endswith("_token_id")},
         )
-        unet_config, vae_config, scheduler_config = SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG, SD21_BASE_SCHEDULER_CONFIG
+        unet_config, vae_config = SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG
+        scheduler_config = SD21_BASE_SCHEDULER_CONFIG
         processor.image_processor = CLIPImageProcessor.from_dict(CLIP_VIT_L14_IMAGE_PROCESSOR_CONFIG)
         processor.diffusion_image_processor = diffusion_image_processor(512)
         processor.num_image_tokens, processor.num_dream_queries = config.num_image_tokens, config.num_dream_queries
@@ -111,7 +112,8 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, scratch: Path):
         llm = DreamLLMForCausalLM._from_config(config, dtype=dtype).eval()
         unet = UNet2DConditionModel.from_config(unet_config).to(dtype)
         vae = AutoencoderKL.from_config(vae_config).to(dtype)
-        llava_config = LlavaConfig(text_config=config.text_config.to_dict(), vision_config=config.vision_config.to_dict(),
+        llava_config = LlavaConfig(text_config=config.text_config.to_dict(),
+                                   vision_config=config.vision_config.to_dict(),
                                    vision_feature_layer=config.vision_feature_layer)
         llava = LlavaForConditionalGeneration._from_config(llava_config, dtype=dtype).eval()
     sampler = DPMSolverMultistepScheduler.from_config({**scheduler_config, "steps_offset": 1})
@@ -254,7 +256,8 @@ def table(results: dict) -> str:
         ("  peak memory GiB", f"{lora['peak_gib']:.2f}", f"trainable {lora['trainable_m']:.3f} M", ""),
     ] + [(f"interleaved, {n} image{'s' * (n > 1)}: s/image", f"{inter[n]:.3f}", "", "") for n in (1, 2, 4)]
     lines = [
-        f"DreamLLM-7B-shaped benchmark on {results['device']} ({results['dtype']}), LLM {results['llm_params_b']:.2f} B "
+        f"DreamLLM-7B-shaped benchmark on {results['device']} ({results['dtype']}), "
+        f"LLM {results['llm_params_b']:.2f} B "
         f"params, images {height}x{width}, {STEPS} steps, guidance {GUIDANCE}; built in {results['build_s']:.0f} s",
         f"| {'measurement':<44} | {'DreamLLM':>10} | {'reference':<40} | {'ratio':>6} |",
         f"| {'-' * 44} | {'-' * 10} | {'-' * 40} | {'-' * 6} |",

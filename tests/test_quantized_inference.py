@@ -33,7 +33,8 @@ def test_int8_weight_only_llm_inside_the_pipeline(tiny_folder):
     pipe = DreamLLMPipeline.from_pretrained(tiny_folder, llm=quantized, dtype=torch.bfloat16)
     reference = DreamLLMPipeline.from_pretrained(tiny_folder, dtype=torch.bfloat16)
     assert pipe.llm is quantized and pipe.unet.dtype == torch.bfloat16
-    assert weight_bytes(pipe.llm.model.language_model.layers) < 0.6 * weight_bytes(reference.llm.model.language_model.layers)
+    layers, reference_layers = pipe.llm.model.language_model.layers, reference.llm.model.language_model.layers
+    assert weight_bytes(layers) < 0.6 * weight_bytes(reference_layers)
 
     # Creation: conditions of the quantized LLM track the bf16 ones; the pipeline draws an image from them.
     cond, uncond = pipe.encode_prompt("a red circle", pipe.device, 1, True)
