@@ -120,7 +120,8 @@ def _array_to_uint8(array: np.ndarray, where: str, sixteen_bit: bool = False) ->
 
 def to_rgb_image(image, where: str = "image") -> PIL.Image.Image:
     """One image (a PIL image, or an `(H, W)`, `(H, W, C)` or `(C, H, W)` numpy array or torch tensor with 1, 3 or
-    4 channels) as an 8-bit RGB PIL image; unreadable, empty or ambiguous inputs raise an error naming `where`."""
+    4 channels) as an 8-bit RGB PIL image; unreadable, empty or ambiguous inputs raise an error naming `where`.
+    Whether a truncated file is unreadable is PIL's own setting (`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, off by default)."""
     if isinstance(image, PIL.Image.Image):
         try:
             image.load()

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from processing_dreamllm import IGNORE_INDEX
 
@@ -76,7 +76,10 @@ def test_non_images_are_type_errors_naming_the_position(processor, rgb_image, ba
         processor(text="<image><image>", images=[rgb_image, bad])
 
 
-def test_unreadable_and_empty_images_are_value_errors(processor, rgb_image):
+def test_unreadable_and_empty_images_are_value_errors(processor, rgb_image, monkeypatch):
+    # PIL's own policy decides whether a truncated file is an error; some libraries (lmms-eval, on import) turn it off
+    # for the whole process, so the test states the default it checks.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     buffer = io.BytesIO()
     rgb_image.save(buffer, format="PNG")
     truncated = Image.open(io.BytesIO(buffer.getvalue()[: len(buffer.getvalue()) // 2]))
