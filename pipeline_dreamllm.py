@@ -360,11 +360,11 @@ class DreamLLMPipeline(DiffusionPipeline):
     def _load_for_generic_loader(loader: dict, components: dict) -> Path:
         """Fill in the llm and processor of `components` from the folder diffusers' generic loader is reading, with
         its variant, dtype and device map (the llm follows the UNet's dtype and device when those do not name it)."""
-        folder = Path(loader["cached_folder"])
-        if not folder.is_dir():
-            folder = _local_folder(
-                loader["pretrained_model_name_or_path"], **{k: loader.get(k) for k in HUB_KWARGS if loader.get(k)}
-            )
+        # A local folder as given; a Hub repo whole (diffusers downloads only the model_index components' files,
+        # not the root weights of the llm).
+        folder = _local_folder(
+            loader["pretrained_model_name_or_path"], **{k: loader[k] for k in HUB_KWARGS if loader.get(k) is not None}
+        )
         unet = components["unet"]
         device_map = loader.get("final_device_map")
         if isinstance(device_map, dict):  # "balanced": the llm joins the UNet's device
@@ -517,7 +517,8 @@ class DreamLLMPipeline(DiffusionPipeline):
         import huggingface_hub
         from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 
-        repo_id = huggingface_hub.create_repo(repo_id or folder.name, private=private, token=token, exist_ok=True).repo_id
+        repo = huggingface_hub.create_repo(repo_id or folder.name, private=private, token=token, exist_ok=True)
+        repo_id = repo.repo_id
         if not (folder / "README.md").exists():
             populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(
                 str(folder / "README.md")

@@ -391,3 +391,28 @@ def test_streamed_counts_survive_data_loader_workers_and_process_shards(tmp_path
     loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=lambda sample: sample)
     samples = list(loader)
     assert len(samples) == 2 and _counts(samples) == {"skipped_invalid_field": 4}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels and holds none (Pillow reads the size without decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_are_skipped_before_decoding(tmp_path):
+    from PIL import Image
+
+    from train.data.samples import open_image
+
+    with pytest.raises(BadSample) as bad:
+        open_image(_png_header(Image.MAX_IMAGE_PIXELS // 1000 + 1, 1001))  # a few bytes, ~89 M pixels declared
+    assert bad.value.reason == "file_too_large"
+    with pytest.raises(BadSample) as bad:
+        open_image(_png_header(40, 40))  # a valid size, but no pixel data
+    assert bad.value.reason == "unreadable_image"

@@ -40,7 +40,7 @@ def weight_files(folder) -> set[str]:
 
 
 def module_dtypes(pipe) -> dict:
-    return {name: component.dtype for name, component in pipe.components.items() if isinstance(component, torch.nn.Module)}
+    return {name: c.dtype for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
 
 
 def test_components_round_trip(pipe):
@@ -112,7 +112,7 @@ def test_to_dtype_moves_every_model_and_still_samples(pipe):
 def test_device_map_cpu_places_every_model(tiny_folder):
     pipe = DreamLLMPipeline.from_pretrained(tiny_folder, device_map="cpu")
     assert pipe.hf_device_map == "cpu"
-    assert {component.device.type for component in pipe.components.values() if isinstance(component, torch.nn.Module)} == {"cpu"}
+    assert {c.device.type for c in pipe.components.values() if isinstance(c, torch.nn.Module)} == {"cpu"}
     with pytest.raises(ValueError, match="device_map"):  # as diffusers' loader: a string strategy
         DreamLLMPipeline.from_pretrained(tiny_folder, device_map={"": "cpu"})
     with pytest.raises(NotImplementedError, match="not supported"):

@@ -78,7 +78,7 @@ def _free_port() -> int:
 
 def test_two_processes_stay_in_sync(tiny_folder, tmp_path):
     """Data parallel on CPU (gloo): `accelerate launch --cpu` would start one process, so launch through torchrun
-    (`--multi_gpu`) with `--use_cpu true` (see train/accelerate_configs/README.md)."""
+    (`--multi_gpu`) with `--use_cpu true` (see docs/scaling.md)."""
     script = tmp_path / "run_and_hash.py"
     script.write_text(textwrap.dedent(RUN_AND_HASH))
     data = [write_pair_folder(tmp_path / "pairs"), write_mmc4(tmp_path / "mmc4")]

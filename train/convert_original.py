@@ -130,7 +130,9 @@ def convert_original(
             )
         for component in (UNET, VAE):
             tensors = [plan.tensors[component][key] for key in expected[component]]
-            write_safetensors_shards(staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_shard_size)
+            write_safetensors_shards(
+                staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_shard_size
+            )
 
         _, resolution = decoder_geometry(staging)
         tokenizer.model_max_length = config.text_config.max_position_embeddings

@@ -25,7 +25,9 @@ def _umask() -> int:
     return mask
 
 
-def plan_shards(tensors: list[PlannedTensor], dtype: torch.dtype, name: str, max_shard_size: int | str) -> StateDictSplit:
+def plan_shards(
+    tensors: list[PlannedTensor], dtype: torch.dtype, name: str, max_shard_size: int | str
+) -> StateDictSplit:
     """huggingface_hub's own split (order-preserving; a tensor over the cap gets a shard of its own), computed on meta
     tensors of the output shapes, so nothing is loaded to plan it."""
     shapes = {planned.key: torch.empty(planned.shape, dtype=dtype, device="meta") for planned in tensors}

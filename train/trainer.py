@@ -19,6 +19,7 @@ aside and renamed into place: complete or absent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections import Counter
@@ -30,12 +31,14 @@ from peft import PeftModel, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
 from safetensors.torch import load_file
+from torch.distributed.fsdp import FSDPModule
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
 from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
+from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
@@ -102,6 +105,22 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
         if not any(marker in key for marker in LORA_WRAPPER_MARKERS):
             state.setdefault(key, value)
     return {key: value.detach().contiguous() for key, value in state.items()}
+
+
+@contextlib.contextmanager
+def own_class(model: torch.nn.Module):
+    """FSDP2 turns a sharded module's class into a subclass defined in torch (`FSDPDreamLLMForCausalLM`), which
+    `save_pretrained` would write into `auto_map` and whose torch source files it would copy as the model's code: the
+    model is saved under its own class."""
+    sharded_class = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(base for base in sharded_class.__mro__ if not issubclass(base, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +201,24 @@ class DreamLLMTrainer(SFTTrainer):
         self._term_counts = {"train": 0, "eval": 0}
         self._data_counts = Counter()
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):  # an FSDP launch on CPU processes (see train.cpu_fsdp)
+            self.is_fsdp_enabled = True
+
+    def same_graph_on_every_rank(self) -> bool:
+        """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as
+        they become ready (FSDP, ZeRO-2/3), so every rank must run the same forwards and give every trainable
+        parameter a gradient, whatever its batch holds (DDP finds unused parameters itself)."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def _reduce_unused_parameters(self, model) -> None:
+        # A rank whose batch has no image (or no creation block) leaves the visual projector (or the dream queries)
+        # without a gradient; FSDP2 must still reduce-scatter a zero for it, or the ranks' collectives differ.
+        if isinstance(model, FSDPModule) and not getattr(model, "_dreamllm_reduces_unused", False):
+            model.set_reduce_scatter_unused_params(True)
+            model._dreamllm_reduces_unused = True
+
     # ------------------------------------------------------------------------------------------------ helpers
     def _unwrapped(self, model=None):
         return self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -224,7 +261,10 @@ class DreamLLMTrainer(SFTTrainer):
         # The plain forward, not TRL's fused LM head: it is the forward that returns `condition_embeds`. Rows of
         # very different lengths run as length buckets, each without the longer rows' padding; their condition
         # blocks come back in row order, which is the order of the targets.
-        if buckets is None or return_outputs:
+        same_graph = self.same_graph_on_every_rank()
+        if same_graph:
+            self._reduce_unused_parameters(model)
+        if buckets is None or return_outputs or same_graph:  # one forward per step on every rank
             forwards = [(model(**inputs, use_cache=False), labels)]
         else:
             forwards = [
@@ -244,7 +284,7 @@ class DreamLLMTrainer(SFTTrainer):
         targets = targets if self.diffusion_loss_weight else None
         null = None
         drop_prob = self.condition_drop_prob if model.training else 0.0
-        if drop_prob > 0 and condition_embeds is not None:
+        if drop_prob > 0 and (condition_embeds is not None or same_graph):
             null = self.null_condition(model)
         # Without creation blocks the loss is a zero tied to the creation parameters, so a single process sees
         # them in the graph; under DDP/FSDP/DeepSpeed it is a plain zero, since a parameter used outside the
@@ -254,6 +294,12 @@ class DreamLLMTrainer(SFTTrainer):
             condition_embeds, targets, null_condition=null, condition_drop_prob=drop_prob, anchors=anchors
         )
         loss = self.lm_loss_weight * lm_loss + self.diffusion_loss_weight * diffusion_loss
+        if null is not None and condition_embeds is None:  # no creation block here: the same graph anyway
+            loss = loss + 0.0 * null.float().sum()
+        if same_graph and self.is_deepspeed_enabled and inputs.get("pixel_values") is None:
+            # No image in this rank's batch: a zero gradient for the visual projector, as FSDP2 reduces one itself.
+            projector = self._dreamllm(model).model.vision_projector
+            loss = loss + 0.0 * sum(param.float().sum() for param in projector.parameters())
 
         mode = "train" if model.training else "eval"
         terms = torch.stack([lm_loss.detach().float(), diffusion_loss.detach().float().to(lm_loss.device)])
@@ -291,7 +337,8 @@ class DreamLLMTrainer(SFTTrainer):
                 self.processing_class.save_pretrained(output_dir)
                 torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         else:
-            super()._save(output_dir, state_dict=state_dict)
+            with own_class(self._unwrapped()):
+                super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             complete_folder(output_dir, self.decoder_folder)
 

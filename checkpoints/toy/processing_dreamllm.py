@@ -11,15 +11,15 @@ import transformers
 from transformers import BatchFeature, ProcessorMixin
 
 try:
-    from .configuration_dreamllm import DreamLLMConfig
+    from .configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dreamllm import DreamLLMConfig
+    from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-DREAM_PLACEHOLDER = "<dream>"
+IMAGE_PLACEHOLDER = SPECIAL_TOKENS["image_token_id"]
+DREAM_PLACEHOLDER = SPECIAL_TOKENS["dream_token_id"]
 # Written by the processor from the placeholders, never taken from text.
-BLOCK_TOKENS = ("<im_patch>", "<im_start>", "<im_end>", "<dream_start>", "<dream_end>")
+BLOCK_TOKENS = tuple(token for token in SPECIAL_TOKENS.values() if token not in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER))
 CHAT_ROLES = ("system", "user", "assistant")
 CONTENT_TYPES = ("text", "image", "dream")
 SYSTEM_PROMPT = (
@@ -46,8 +46,8 @@ CHAT_TEMPLATE = (
     "{%- if message['content'] is string -%}{%- set body = message['content'] -%}"
     "{%- else -%}{%- set body = namespace(text='') -%}"
     "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{%- set body.text = body.text + '<image>\\n' -%}"
-    "{%- elif item['type'] == 'dream' -%}{%- set body.text = body.text + '<dream>' -%}"
+    "{%- if item['type'] == 'image' -%}{%- set body.text = body.text + '" + IMAGE_PLACEHOLDER + "\\n' -%}"
+    "{%- elif item['type'] == 'dream' -%}{%- set body.text = body.text + '" + DREAM_PLACEHOLDER + "' -%}"
     "{%- else -%}{%- set body.text = body.text + item['text'] -%}{%- endif -%}"
     "{%- endfor -%}{%- set body = body.text -%}{%- endif -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' + body + ' ' -}}"
@@ -230,11 +230,11 @@ class DreamLLMProcessor(ProcessorMixin):
         self.eos_token_id = tokenizer.eos_token_id
         self.image_token_id = ids(IMAGE_PLACEHOLDER)
         self.dream_token_id = ids(DREAM_PLACEHOLDER)
-        self.image_patch_token_id = ids("<im_patch>")
-        self.image_start_token_id = ids("<im_start>")
-        self.image_end_token_id = ids("<im_end>")
-        self.dream_start_token_id = ids("<dream_start>")
-        self.dream_end_token_id = ids("<dream_end>")
+        self.image_patch_token_id = ids(SPECIAL_TOKENS["image_patch_token_id"])
+        self.image_start_token_id = ids(SPECIAL_TOKENS["image_start_token_id"])
+        self.image_end_token_id = ids(SPECIAL_TOKENS["image_end_token_id"])
+        self.dream_start_token_id = ids(SPECIAL_TOKENS["dream_start_token_id"])
+        self.dream_end_token_id = ids(SPECIAL_TOKENS["dream_end_token_id"])
         missing = [
             token for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS) if ids(token) in (None, tokenizer.unk_token_id)
         ]

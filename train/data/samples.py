@@ -40,6 +40,7 @@ import json
 import math
 import os
 import stat
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -164,15 +165,17 @@ def read_file(path: str, roots: Sequence[str], max_bytes: int = MAX_FILE_BYTES, 
 
 def open_image(data: bytes) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # PIL's own bomb limit, as an error, not a warning
-                raise BadSample("file_too_large", f"{image.width}x{image.height} pixels")
-            if not image.width or not image.height:
-                raise BadSample("unreadable_image", f"{image.width}x{image.height} pixels")
-            return image.convert("RGB")  # forces the full decode here, not later in the processor
+        with warnings.catch_warnings():  # Pillow's decompression-bomb limit, as an error rather than a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if not image.width or not image.height:
+                    raise BadSample("unreadable_image", f"{image.width}x{image.height} pixels")
+                return image.convert("RGB")  # forces the full decode here, not later in the processor
     except BadSample:
         raise
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise BadSample("file_too_large", str(error)) from error
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         raise BadSample("unreadable_image", str(error)) from error
 
 

@@ -1,0 +1,223 @@
+"""Training memory of DreamLLM-7B per stage and per GPU, computed on the meta device (no weights, no memory).
+
+The model is the released 7B configuration (`DreamLLMConfig()`: Vicuna-7B + CLIP ViT-L/14) with the SD-2.1-base
+UNet and VAE of `train.convert_original_configs`, all built on the meta device. Parameter counts come from the
+modules; activations are the bytes autograd saves for backward in a meta forward (`saved_tensors_hooks`):
+
+    python benchmarks/memory_table.py                 # markdown table (docs/scaling.md)
+    python benchmarks/memory_table.py --seq 1024 --micro_batch 2
+
+Bytes per parameter (bf16 mixed precision, AdamW, as `python -m train --bf16 true` runs):
+- trained: fp32 weight 4 + fp32 gradient 4 + AdamW moments 8 = 16 B (sharded /N under FSDP2 and ZeRO-3);
+- frozen, inside the prepared model: 4 B under FSDP2 (fp32, sharded, CLIP ignored hence whole), 2 B under ZeRO-3
+  (DeepSpeed holds bf16 weights; CLIP is partitioned with the rest);
+- frozen decoder (outside the prepared model, whole on every GPU): UNet bf16 2 B, VAE fp32 4 B.
+Activations (per GPU, micro-batch x sequence, one created image per sample): with activation checkpointing, every
+LLM layer keeps its input, one layer is recomputed at a time, plus the LM head's fp32 logits and the UNet's saved
+tensors (its own checkpointing on). They do not shrink with the number of GPUs. Transient buffers (FSDP's gathered
+layer, NCCL buckets, allocator fragmentation) come on top: plan 10-20 % headroom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_dreamllm import DreamLLMConfig  # noqa: E402
+from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
+from train.convert_original_configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
+from train.stages import LANGUAGE_MODEL_TARGETS, PROJECTORS_AND_QUERIES, new_token_ids  # noqa: E402
+
+GIB = 1024**3
+TRAINED_BYTES = 4 + 4 + 8  # fp32 weight, fp32 gradient, AdamW exp_avg + exp_avg_sq
+
+
+@dataclass
+class Parts:
+    """Parameter counts of the 7B model's parts."""
+
+    llm: int  # language model + lm_head
+    clip: int
+    projectors: int  # visual projector, dream queries, condition projector
+    unet: int
+    vae: int
+    lora: int  # LoRA adapters (rank r) on the LLM's projections + the new tokens' embedding / lm_head rows
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_meta(config: DreamLLMConfig):
+    with torch.device("meta"):
+        model = DreamLLMForCausalLM(config)
+        unet = UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG)
+        vae = AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG)
+    return model, unet, vae
+
+
+def lora_parameters(model: DreamLLMForCausalLM, rank: int) -> int:
+    """What `train.stages.apply_lora` trains: r x (in + out) per targeted projection, the new tokens' rows."""
+    pattern = re.compile(LANGUAGE_MODEL_TARGETS)
+    adapters = sum(
+        rank * (module.in_features + module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and pattern.fullmatch(name)
+    )
+    rows = 2 * len(new_token_ids(model.config)) * model.config.text_config.hidden_size
+    return adapters + rows
+
+
+def parts(model, unet, vae, lora_rank: int) -> Parts:
+    base = model.model
+    return Parts(
+        llm=count(base.language_model) + count(model.lm_head),
+        clip=count(base.vision_tower),
+        projectors=sum(count(getattr(base, name)) for name in PROJECTORS_AND_QUERIES),
+        unet=count(unet),
+        vae=count(vae),
+        lora=lora_parameters(model, lora_rank),
+    )
+
+
+class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Sum of the bytes autograd saves for backward inside the context."""
+
+    def __init__(self):
+        self.total = 0
+
+        def pack(tensor):
+            self.total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        super().__init__(pack, lambda tensor: tensor)
+
+    def __enter__(self):
+        super().__enter__()
+        return self
+
+
+def llm_activation_bytes(model: DreamLLMForCausalLM, micro_batch: int, seq: int) -> dict[str, int]:
+    """Saved bytes of one bf16 decoder layer (its recompute), of a layer input (what checkpointing keeps), and of
+    the LM head with the fp32 cross-entropy, from meta forwards."""
+    text = model.config.text_config
+    language_model = model.model.language_model.to(torch.bfloat16)
+    lm_head = model.lm_head.to(torch.bfloat16)
+    with torch.device("meta"):
+        hidden = torch.empty(micro_batch, seq, text.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        positions = torch.arange(seq)[None].expand(micro_batch, -1)
+        rotary = language_model.rotary_emb(hidden, positions)
+        labels = torch.zeros(micro_batch * seq, dtype=torch.long)
+    layer = language_model.layers[0]
+    one_layer, head = SavedBytes(), SavedBytes()
+    with one_layer:
+        layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+    with head:
+        logits = lm_head(hidden)
+        torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels)
+    return {
+        "layer": one_layer.total,
+        "checkpoint": hidden.numel() * hidden.element_size(),
+        "head": head.total,
+        "layers": text.num_hidden_layers,
+    }
+
+
+def unet_activation_bytes(unet: UNet2DConditionModel, config: DreamLLMConfig, micro_batch: int) -> int:
+    """Saved bytes of the bf16 UNet's forward at 512 px with gradient checkpointing (the gradient reaches the
+    condition, so its activations are kept)."""
+    unet = unet.to(torch.bfloat16)
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    size = unet.config.sample_size
+    with torch.device("meta"):
+        latents = torch.empty(micro_batch, unet.config.in_channels, size, size, dtype=torch.bfloat16)
+        condition = torch.empty(micro_batch, config.num_dream_queries, config.condition_hidden_size,
+                                dtype=torch.bfloat16, requires_grad=True)
+        timesteps = torch.zeros(micro_batch, dtype=torch.long)
+    saved = SavedBytes()
+    with saved:
+        unet(latents, timesteps, encoder_hidden_states=condition)
+    return saved.total
+
+
+STAGES = {  # what each stage trains (train.stages.STAGES): parameters by part
+    "alignment": lambda p: p.projectors,
+    "igpt": lambda p: p.projectors + p.llm,
+    "sft": lambda p: p.projectors + p.llm,
+}
+
+
+def per_gpu_gib(p: Parts, trained: int, activations: int, strategy: str, gpus: int) -> dict[str, float]:
+    """Parameters, gradients, optimizer state, activations and their sum per GPU, in GiB."""
+    in_model = p.llm + p.clip + p.projectors
+    decoder = 2 * p.unet + 4 * p.vae
+    if strategy == "fsdp2":  # the model minus CLIP is sharded; CLIP whole (ignored module), fp32 weights
+        weights = 4 * (in_model - p.clip) / gpus + 4 * p.clip + decoder
+        grads, optim = 4 * trained / gpus, 8 * trained / gpus
+    elif strategy == "zero3":  # everything in the model sharded; bf16 weights + fp32 master of the trained ones
+        weights = 2 * in_model / gpus + 4 * trained / gpus + decoder
+        grads, optim = 4 * trained / gpus, 8 * trained / gpus
+    elif strategy == "lora":  # one GPU: frozen base in bf16, adapters trained in fp32
+        weights = 2 * (in_model - trained) + 4 * trained + decoder
+        grads, optim = 4 * trained, 8 * trained
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}: fsdp2, zero3 or lora")
+    row = {"params": weights, "grads": grads, "optimizer": optim, "activations": activations}
+    row = {key: value / GIB for key, value in row.items()}
+    row["total"] = sum(row.values())
+    return row
+
+
+def table(micro_batch: int = 1, seq: int = 2048, lora_rank: int = 16, gpu_counts=(8, 32)) -> str:
+    config = DreamLLMConfig()
+    config.text_config._attn_implementation = "sdpa"  # no sequence-squared attention weights kept, as on GPUs
+    model, unet, vae = build_meta(config)
+    p = parts(model, unet, vae, lora_rank)
+    llm = llm_activation_bytes(model, micro_batch, seq)
+    activations = llm["layers"] * llm["checkpoint"] + llm["layer"] + llm["head"] + unet_activation_bytes(
+        unet, config, micro_batch
+    )
+    lines = [
+        f"DreamLLM-7B parameters: LLM {p.llm / 1e9:.2f} B, CLIP {p.clip / 1e6:.0f} M, projectors and queries "
+        f"{p.projectors / 1e6:.1f} M, UNet {p.unet / 1e6:.0f} M, VAE {p.vae / 1e6:.0f} M; LoRA r={lora_rank} "
+        f"{p.lora / 1e6:.1f} M. Activations per GPU (micro-batch {micro_batch} x {seq} tokens, one 512 px image): "
+        f"{activations / GIB:.2f} GiB (LLM layer inputs {llm['layers'] * llm['checkpoint'] / GIB:.2f}, one layer "
+        f"recomputed {llm['layer'] / GIB:.2f}, LM head + loss {llm['head'] / GIB:.2f}).",
+        "",
+        "| stage | setup | trained | params GiB | grads GiB | optimizer GiB | activations GiB | total GiB/GPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, trained_of in STAGES.items():
+        trained = trained_of(p)
+        for strategy in ("fsdp2", "zero3"):
+            for gpus in gpu_counts:
+                row = per_gpu_gib(p, trained, activations, strategy, gpus)
+                setup = f"{'FSDP2' if strategy == 'fsdp2' else 'ZeRO-3'}, {gpus} GPUs"
+                lines.append(f"| {stage} | {setup} | {trained / 1e9:.3f} B | {row['params']:.1f} | {row['grads']:.1f} "
+                             f"| {row['optimizer']:.1f} | {row['activations']:.1f} | {row['total']:.1f} |")
+    row = per_gpu_gib(p, p.lora + p.projectors, activations, "lora", 1)
+    lines.append(f"| sft | LoRA r={lora_rank}, 1 GPU | {(p.lora + p.projectors) / 1e9:.3f} B | {row['params']:.1f} "
+                 f"| {row['grads']:.2f} | {row['optimizer']:.2f} | {row['activations']:.1f} | {row['total']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--micro_batch", type=int, default=1)
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per sample (the LLM's context: 2048)")
+    parser.add_argument("--lora_r", type=int, default=16)
+    args = parser.parse_args(argv)
+    print(table(args.micro_batch, args.seq, args.lora_r))
+
+
+if __name__ == "__main__":
+    main()
