@@ -4,7 +4,7 @@ as its `llm` component, creates images and answers like the bf16 model it was qu
 import pytest
 import torch
 
-pytest.importorskip("torchao", reason="torchao is not installed (pip install -r requirements.txt)")
+pytest.importorskip("torchao", reason="torchao is not installed (pip install -r requirements-quantization.txt)")
 
 from torchao.quantization import Int8WeightOnlyConfig  # noqa: E402
 from transformers import TorchAoConfig  # noqa: E402
