@@ -106,6 +106,8 @@ class Chat:
 
     def __init__(self, pipe: DreamLLMPipeline, upload_folder: Path):
         self.pipe, self.upload_folder = pipe, upload_folder.resolve()
+        # One generation at a time even when a cancelled request's thread is still finishing its document.
+        self.generating = threading.Lock()
 
     def respond(self, message, history, conversation, steps, guidance, seed, max_images, max_new_tokens):
         message = message or {}
@@ -133,11 +135,12 @@ class Chat:
 
         def write():
             try:
-                self.pipe.generate_interleaved(
-                    conversation, max_new_tokens=int(max_new_tokens), max_images=int(max_images),
-                    num_inference_steps=int(steps), guidance_scale=float(guidance),
-                    generator=torch.Generator().manual_seed(int(seed)), callback=segments.put,
-                )
+                with self.generating:
+                    self.pipe.generate_interleaved(
+                        conversation, max_new_tokens=int(max_new_tokens), max_images=int(max_images),
+                        num_inference_steps=int(steps), guidance_scale=float(guidance),
+                        generator=torch.Generator().manual_seed(int(seed)), callback=segments.put,
+                    )
             except Exception as error:  # reported to the user below; the server goes on
                 segments.put(error)
             segments.put(done)
