@@ -13,6 +13,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # tiny models: more threads only add overhead on a shared 2-core machine
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny convolutions on two threads shared with other jobs spin-wait badly;
+    one thread is 100x faster here."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     from train.assemble import main

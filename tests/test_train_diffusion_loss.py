@@ -6,13 +6,7 @@ import torch
 from train.diffusion_loss import DreamLLMDiffusionLoss, min_snr_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on two threads shared with other jobs spin-wait badly; one thread is 100x faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from train.data.example_files import write_example_sources, write_mmc4
 from train.stages import build_trainer, main, parse_args
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on two threads shared with other jobs spin-wait badly; one thread is 100x faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
