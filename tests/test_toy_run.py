@@ -1,5 +1,5 @@
 """`python -m train.toy` end to end at a tiny scale (stage 0, files, assemble, three stages, evaluation, model card)
-and the synergy variants next to it."""
+and the synergy arms next to it."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train.toy.recipe import PLANS, STAGE_ORDER
-from train.toy.synergy import VARIANTS, synergy_table, variant_plans
+from train.toy.synergy import ARMS, arm_plans, synergy_table
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,11 @@ def test_run_writes_a_loadable_model_with_its_card_and_logs(toy_run):
         assert any("diffusion_loss" in row for row in logs["losses"][stage]), stage
     assert (toy_run / "losses.png").read_bytes()[:4] == b"\x89PNG"
     scores = json.loads((toy_run / "scores.json").read_text())
-    assert set(scores) == {"text_to_image", "understanding", "interleaved"}
+    assert set(scores) == {"text_to_image", "understanding", "draw_instructions", "caption_requests", "interleaved"}
+    for area in ("draw_instructions", "caption_requests"):
+        assert set(scores[area]) == {"one_image", "images_per_reply", "color", "shape", "position", "n"}
+    run = json.loads((toy_run / "run.json").read_text())
+    assert (run["seed"], run["scale"]) == (0, 0.01) and run["seconds"] > 0
     assert all(0.0 <= scores["understanding"][k] <= 1.0 for k in ("color", "shape", "position", "all"))
     card = (final / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
@@ -42,8 +46,8 @@ def test_run_writes_a_loadable_model_with_its_card_and_logs(toy_run):
     assert not list(toy_run.glob("*/training_args.bin"))  # no pickles in folders meant for publishing
 
 
-def test_synergy_variants_keep_the_budget_and_split_the_data():
-    joint, comprehension, creation = (variant_plans(v) for v in VARIANTS)
+def test_synergy_arms_keep_the_steps_and_each_skills_samples():
+    joint, comprehension, creation = (arm_plans(arm) for arm in ARMS)
     assert joint == PLANS
     for plans in (comprehension, creation):
         assert {s: (p.steps, p.learning_rate) for s, p in plans.items()} == {
@@ -54,40 +58,58 @@ def test_synergy_variants_keep_the_budget_and_split_the_data():
     used = lambda plans: {key.partition(":")[0] for plan in plans.values() for key in plan.data}  # noqa: E731
     assert used(comprehension) == {"pairs", "qa"}
     assert used(creation) == {"pairs", "stories", "instructions"}
-    with pytest.raises(ValueError, match="unknown synergy variant 'both'"):
-        variant_plans("both")
+    # Each single-skill batch is its skill's share of the joint batch: SFT's qa:13 of 18.5 weight is 39 of 56
+    # samples, its instructions, stories and drawn pairs (2 + 0.5 + 3) 17; I-GPT's captioned fifth of the pairs
+    # goes with Q&A.
+    assert (comprehension["sft"].data, comprehension["sft"].batch_size) == (("qa:13",), 39)
+    assert (creation["sft"].data, creation["sft"].batch_size) == (("instructions:2", "stories:0.5", "pairs:3"), 17)
+    assert comprehension["igpt"].data == ("qa:4", "pairs:0.2") and creation["igpt"].data == ("stories:1", "pairs:0.8")
+    assert comprehension["igpt"].batch_size + creation["igpt"].batch_size == PLANS["igpt"].batch_size
+    assert comprehension["alignment"].batch_size == creation["alignment"].batch_size == PLANS["alignment"].batch_size / 2
+    with pytest.raises(ValueError, match="unknown synergy arm 'both'"):
+        arm_plans("both")
 
 
-def test_synergy_table_has_one_column_per_variant():
+def test_synergy_table_has_a_column_per_arm_and_seed_and_the_means():
     def scores(value):
         return {
-            "text_to_image": {"color": value, "shape": value, "position": value},
+            "text_to_image": {"color": value, "shape": value, "position": value, "all": value},
             "understanding": {"color": value, "shape": value, "position": value, "all": value},
         }
 
-    table = synergy_table({"joint": scores(0.9), "creation-only": scores(0.5)})
+    table = synergy_table({"joint": {"0": scores(0.9), "1": scores(0.7)}, "creation-only": {"0": scores(0.5)}})
     lines = table.splitlines()
-    assert lines[0] == "| metric | joint | creation-only |"
-    assert lines[2] == "| text-to-image color | 90.0% | 50.0% |"
-    assert len(lines) == 2 + 7
+    assert lines[0] == "| metric | joint s0 | joint s1 | creation-only s0 | joint mean | creation-only mean |"
+    assert lines[2] == "| text-to-image color | 90.0% | 70.0% | 50.0% | 80.0% | 50.0% |"
+    assert len(lines) == 2 + 8  # rows without a value in any column are left out
 
 
 def test_synergy_runs_next_to_a_main_run(toy_run):
     from train.toy.synergy import run_synergy
 
-    table = run_synergy(toy_run, scale=0.01)
-    assert table.splitlines()[0] == "| metric | joint | comprehension-only | creation-only |"
+    table = run_synergy(toy_run, seeds=(0, 1), scale=0.01, quick=True)
+    assert table.splitlines()[0].startswith("| metric | joint s0 | joint s1 | comprehension-only s0 |")
     assert (toy_run / "synergy.md").read_text().strip() == table
-    for variant in ("comprehension-only", "creation-only"):
-        folder = toy_run / "synergy" / variant
-        assert json.loads((folder / "scores.json").read_text())["understanding"]["n"] > 0
-        assert (folder / "sft" / "config.json").exists()
-    diffusion = {}
-    for variant in ("comprehension-only", "creation-only"):
-        losses = json.loads((toy_run / "synergy" / variant / "losses.json").read_text())["losses"]
-        diffusion[variant] = [row["diffusion_loss"] for rows in losses.values() for row in rows if "diffusion_loss" in row]
-    assert diffusion["comprehension-only"] and max(diffusion["comprehension-only"]) == 0.0  # nothing is created
-    assert min(diffusion["creation-only"]) > 0.0
+    saved = json.loads((toy_run / "synergy.json").read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["results"]) == set(ARMS)
+    # Joint at the main run's seed and scale is the main run itself; every other arm is trained beside it.
+    assert saved["results"]["joint"]["0"] == json.loads((toy_run / "scores.json").read_text())
+    assert not (toy_run / "synergy" / "scale-0.01" / "joint-seed0").exists()
+    losses = {}
+    for arm in ARMS:
+        for seed in (0, 1):
+            folder = toy_run / "synergy" / "scale-0.01" / f"{arm}-seed{seed}"
+            if arm == "joint" and seed == 0:
+                continue
+            assert saved["results"][arm][str(seed)] == json.loads((folder / "scores.json").read_text())
+            assert (folder / "sft" / "config.json").exists()
+            losses[arm, seed] = json.loads((folder / "losses.json").read_text())["losses"]
+    diffusion = {key: [row["diffusion_loss"] for rows in value.values() for row in rows if "diffusion_loss" in row]
+                 for key, value in losses.items()}
+    assert diffusion["comprehension-only", 0] and max(diffusion["comprehension-only", 0]) == 0.0  # nothing is created
+    assert min(diffusion["creation-only", 0]) > 0.0
+    assert losses["creation-only", 0] != losses["creation-only", 1]  # the seed reaches the DreamLLM stages
+    assert run_synergy(toy_run, seeds=(0, 1), scale=0.01, quick=True) == table  # trained arms are reused, not retrained
 
 
 def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):

@@ -184,15 +184,20 @@ def test_instructions():
         instruction = sample_instruction(rng)
         seen.add(instruction.kind)
         if instruction.kind == "draw":
-            assert instruction.text.startswith("Draw ")
+            assert instruction.text.startswith("Draw ") and instruction.text.endswith(".")
             assert parse_caption(instruction.text).attributes == instruction.target.attributes
+        elif instruction.kind == "caption":  # the caption alone, as typed
+            assert instruction.text.lower().strip(".") == caption(instruction.target)
         else:
             assert instruction.text.startswith("Tell a short story")
             story = instruction.target
             if "changes color" in instruction.text:
                 assert {parse_step(s)[0] for s in story[2::2]} == {"color"}
                 assert f" {story[1].shapes[0].shape} " in instruction.text
-    assert seen == {"draw", "story"}
+    assert seen == {"draw", "caption", "story"}
+    assert {sample_instruction(rng, kind=kind).kind for kind in ("draw", "caption", "story")} == seen
+    with pytest.raises(ValueError, match="unknown instruction kind 'poem'"):
+        sample_instruction(rng, kind="poem")
 
 
 def test_world_words_cover_all_world_text():

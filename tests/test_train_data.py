@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from PIL import Image
 
 from train.data import DreamLLMDataCollator, SampleBuilder, build_train_dataset, detect_kind
 from train.data.example_files import write_example_sources
@@ -86,7 +87,15 @@ def test_instructions(sources, processor):
     learned = [token for token in draw["labels"].tolist() if token != IGNORE_INDEX]
     assert learned[-2:] == [processor.dream_start_token_id, processor.eos_token_id]  # answer: an image, then </s>
     assert processor.decode(learned[:-2]).strip() == ""
-    assert draw["target_pixel_values"].shape[0] == 1
+    # The reply is laid out as generation writes it: the creation block, the created image read back, then </s>.
+    ids = draw["input_ids"].tolist()
+    start = ids.index(processor.dream_start_token_id)
+    assert ids[start:] == processor.dream_block() + processor.image_block() + [processor.eos_token_id]
+    assert draw["labels"][-1] == processor.eos_token_id
+    assert draw["target_pixel_values"].shape[0] == 1 and draw["pixel_values"].shape[0] == 1
+    image = Image.open(sources["instructions"].parent / "images" / "t2i_0.png").convert("RGB")
+    read_back = processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(draw["pixel_values"][0], read_back)
     assert story["target_pixel_values"].shape[0] == 2 and story["pixel_values"].shape[0] == 2
 
 

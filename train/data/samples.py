@@ -21,8 +21,10 @@ choice is named where it differs, see docs/differences.md):
 - LLaVA conversation (`image`, `conversations` of human/gpt turns with `<image>`): assistant replies learned; a
   `<dream>` in a reply learns `<dream_start>` with `reply_dream_labels="dream_start"`, not with `"none"` (official).
 - instruction + interleaved answer (`instruction`, `text_list`, `image_info`): the answer is an MMC4 document.
-- text-to-image instruction (`instruction` or `prompt`, `image`): the answer is `<dream>` with the image as target
-  (a reply `<dream>`, so `reply_dream_labels` applies).
+- text-to-image instruction (`instruction` or `prompt`, `image`): the answer is `<dream>` with the image as target,
+  read back through CLIP as generation reads back every created image, then `</s>`: the reply learns to end after
+  the image it was asked for (a reply `<dream>`, so `reply_dream_labels` applies; officially too a `<dream>` in a
+  conversation expands to the creation block plus the CLIP block).
 - a JSON pair (`caption` or `text`, `image`): as an image-text pair.
 A record that cannot make a sample raises `BadSample(reason)`; the caller skips and counts it. Every field a format
 reads is checked (type, range); a wrong one is `invalid_field`, an absent one `missing_field`.
@@ -350,7 +352,9 @@ class SampleBuilder:
             prompt = _string(item, prompt_field)
             image = self.load_named(_string(item, "image"), root)
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": DREAM}]
-            return SampleSpec(messages=messages, extra_targets=[image], learn_dream_start=self._reply_dream_start)
+            # The image is the block's target and its read-back: `</s>` is learned after `<im_end>`, where generation
+            # stands once the image is drawn (without the read-back the reply never learns to stop there).
+            return SampleSpec(messages=messages, images=[image], learn_dream_start=self._reply_dream_start)
         caption_field = next((name for name in CAPTION_FIELDS if name in item), None)
         if caption_field is not None:
             caption = _string(item, caption_field)

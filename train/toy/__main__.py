@@ -4,13 +4,14 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy --output runs/toy                 # everything (58 min on 2 CPU cores)
     python -m train.toy --output runs/toy --scale 0.05    # a quick smoke run of the same code paths
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
-    python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only
+    python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only, 2 seeds
     python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
     python -m train.toy probe runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # its conditions vs the text tower's
     python -m train.toy binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
-`DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt` and `DIR/scores.json`. Deterministic under `--seed`.
+`DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt`, `DIR/scores.json` and `DIR/run.json` (seed, scale, seconds).
+Deterministic under `--seed` on a given thread count.
 """
 
 import argparse
@@ -33,12 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog="python -m train.toy synergy", description="joint vs comprehension-only "
                                          "vs creation-only training with the same budget, next to a main run")
         parser.add_argument("--run", required=True, type=Path, help="the --output folder of a main run")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--scale", type=float, default=1.0, help="the main run's --scale")
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="DreamLLM-stage seeds of every arm")
+        parser.add_argument("--scale", type=float, default=1.0, help="multiplies every arm's step counts")
+        parser.add_argument("--quick", action="store_true", help="score on the quick held-out set (smoke runs)")
         args = parser.parse_args(argv[1:])
         from train.toy.synergy import run_synergy
 
-        print(run_synergy(args.run, args.seed, args.scale))
+        print(run_synergy(args.run, tuple(args.seeds), args.scale, quick=args.quick))
         return
     if argv[:1] == ["probe"]:
         parser = argparse.ArgumentParser(prog="python -m train.toy probe", description="per timestep band, how much "

@@ -86,7 +86,7 @@ def write_world_data(
     lines = []
     for _ in range(num_instructions):
         instruction = sample_instruction(rng)
-        if instruction.kind == "draw":
+        if isinstance(instruction.target, Scene):  # one picture, the whole answer
             lines.append({"instruction": instruction.text, "image": f"images/{images.add(instruction.target)}"})
         else:
             lines.append({"instruction": instruction.text, **_mmc4_record(instruction.target, images)})

@@ -4,6 +4,9 @@
 
 - text-to-image: colour / shape / position accuracy of `pipe(caption)` (the judge reads the picture);
 - understanding: exact-answer accuracy by question kind, through the chat template and `model.generate`;
+- one picture on request: draw instructions ("Draw a red circle on the left.") and bare captions as a chat turn ("a
+  red circle on the left") through `generate_interleaved`: the reply must be exactly one image and then `</s>`, and
+  that image is judged like text-to-image;
 - interleaved: story instructions through `generate_interleaved`; an image counts when it comes right after a
   sentence and shows what the story says at that point (the state is read back from the generated sentences); a
   story follows its instruction when it keeps the asked-for subject and changes only what was asked.
@@ -24,28 +27,29 @@ from train.toy.world import (
 HELD_OUT_SEED = 10_000  # training data uses seeds below this
 # Held-out set sizes. The full set keeps the 95% interval of a text-to-image accuracy near +-6 points (+-11 with the
 # 60 captions used before) and takes under a minute on 2 CPU cores; the quick one is for smoke runs.
-FULL = {"num_prompts": 240, "num_questions": 300, "num_stories": 24}
-QUICK = {"num_prompts": 16, "num_questions": 36, "num_stories": 3}
+FULL = {"num_prompts": 240, "num_questions": 300, "num_requests": 40, "num_stories": 24}
+QUICK = {"num_prompts": 16, "num_questions": 36, "num_requests": 4, "num_stories": 3}
+AREAS = ("text_to_image", "understanding", "draw_instructions", "caption_requests", "interleaved")
 
 
 @dataclass
 class ToyScores:
     text_to_image: dict[str, float] = field(default_factory=dict)
     understanding: dict[str, float] = field(default_factory=dict)
+    draw_instructions: dict[str, float] = field(default_factory=dict)
+    caption_requests: dict[str, float] = field(default_factory=dict)
     interleaved: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        return {"text_to_image": self.text_to_image, "understanding": self.understanding, "interleaved": self.interleaved}
+        return {area: getattr(self, area) for area in AREAS}
 
     def table(self) -> str:
-        rows = [("text-to-image", k, v) for k, v in self.text_to_image.items()]
-        rows += [("understanding", k, v) for k, v in self.understanding.items()]
-        rows += [("interleaved", k, v) for k, v in self.interleaved.items()]
+        rows = [(area.replace("_", "-"), k, v) for area in AREAS for k, v in getattr(self, area).items()]
         width = max(len(f"{a} / {b}") for a, b, _ in rows)
         lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
         for area, name, value in rows:
             # Counts and averages print as numbers, everything else is an accuracy.
-            shown = f"{int(value):6d}" if name == "n" else f"{value:6.2f}" if name.endswith("per_story") else f"{value:6.1%}"
+            shown = f"{int(value):6d}" if name == "n" else f"{value:6.2f}" if "_per_" in name else f"{value:6.1%}"
             lines.append(f"{f'{area} / {name}':<{width}}  {shown}")
         return "\n".join(lines)
 
@@ -137,6 +141,36 @@ def story_states(text_before_each_image: list[str]) -> list[Scene | None]:
     return states
 
 
+REQUEST_MAX_IMAGES = 4  # room to fail: a reply that goes on after its picture is counted, not cut off
+REQUEST_MAX_NEW_TOKENS = 40
+
+
+@torch.no_grad()
+def one_picture_requests(pipe, kind: str, num_requests: int = FULL["num_requests"], seed: int = HELD_OUT_SEED + 3,
+                         steps: int = 25, guidance_scale: float = 3.0) -> dict[str, float]:
+    """Requests for one picture (`sample_instruction(kind=...)`, 'draw' or 'caption') as a chat turn. `one_image`: the
+    reply is exactly one image and then `</s>` (no text, nothing after it); colour / shape / position judge the
+    reply's first image against the request (a reply without an image is wrong on all three)."""
+    rng = np.random.default_rng(seed)
+    one_image, images_seen, scores = 0, 0, []
+    for index in range(num_requests):
+        instruction = sample_instruction(rng, kind=kind)
+        out = pipe.generate_interleaved(
+            [{"role": "user", "content": instruction.text}], max_new_tokens=REQUEST_MAX_NEW_TOKENS,
+            max_images=REQUEST_MAX_IMAGES, num_inference_steps=steps, guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed + index),
+        )
+        images = [segment for segment in out.segments if not isinstance(segment, str)]
+        images_seen += len(images)
+        one_image += len(out.segments) == len(images) == 1 and out.finish_reason == "eos"
+        scores.append(score_scene(images[0], instruction.target) if images else dict.fromkeys(ATTRIBUTES, False))
+    return (
+        {"one_image": one_image / num_requests, "images_per_reply": images_seen / num_requests}
+        | {name: _mean(score[name] for score in scores) for name in ATTRIBUTES}
+        | {"n": num_requests}
+    )
+
+
 _REQUEST_RE = re.compile(rf"about an? (\w+)(?: shape)? that ({'|'.join(CHANGE_PHRASES.values())})")
 _CHANGE_OF_PHRASE = {phrase: attribute for attribute, phrase in CHANGE_PHRASES.items()}
 
@@ -203,5 +237,8 @@ def evaluate(folder, quick: bool = False) -> ToyScores:
     return ToyScores(
         text_to_image=text_to_image(pipe, num_prompts=sizes["num_prompts"]),
         understanding=understanding(pipe.llm, pipe.processor, num_questions=sizes["num_questions"]),
+        draw_instructions=one_picture_requests(pipe, "draw", num_requests=sizes["num_requests"]),
+        caption_requests=one_picture_requests(pipe, "caption", num_requests=sizes["num_requests"],
+                                              seed=HELD_OUT_SEED + 4),
         interleaved=interleaved(pipe, num_stories=sizes["num_stories"]),
     )

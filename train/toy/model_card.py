@@ -69,7 +69,8 @@ rows score the pictures and questions with two shapes alone; `all`: every attrib
 ```
 
 Targets of the world: text-to-image colour >= 90%, shape >= 80%, position >= 80%; understanding >= 95%; stories
->= 80% of images at their sentence and matching it.{decoder_line}
+>= 80% of images at their sentence and matching it; draw instructions answered with exactly one image and then the end
+of the reply >= 95%, that image at the text-to-image targets.{decoder_line}
 
 ## Training
 
@@ -163,8 +164,10 @@ describe them. Words outside this vocabulary are unknown to its word-level token
 - Captions to draw: "{one}", "{two}".
 - Questions about a picture: "What color is the shape?", "What shape is it?", "Where is the shape?", "Describe the
   image."; with two shapes "What color is the circle?", "What shape is on the left?", "Where is the red circle?".
-- Instructions: "Draw {one}.", "Tell a short story about a square that changes color, with pictures." (a shape
-  that {changes}), "Tell a short story with pictures."
+- Requests for one picture, answered with that picture and nothing after it: "Draw {one}." or the caption alone as
+  a chat turn ("{one}").
+- Story instructions, answered with sentences and a picture at each: "Tell a short story about a square that changes
+  color, with pictures." (a shape that {changes}), "Tell a short story with pictures."
 """
 
 

@@ -167,13 +167,17 @@ def run(output: Path, seed: int = 0, scale: float = 1.0, stage0: Path | None = N
     plot_losses(losses, output / "losses.png")
     print("[toy] evaluating", flush=True)
     evaluation_started = time.time()
-    scores = evaluate(model, quick=scale < 0.5)
+    quick = scale < 0.5
+    scores = evaluate(model, quick=quick)
     timings["evaluation"] = round(time.time() - evaluation_started, 1)
     (output / "scores.txt").write_text(scores.table() + "\n")
     (output / "scores.json").write_text(json.dumps(scores.as_dict(), indent=1))
     stage0_log = stage0 / "stage0_log.json"
     write_model_card(model, scores.table(), timings, seed, scale,
                      json.loads(stage0_log.read_text()) if stage0_log.exists() else None)
+    total = round(time.time() - started, 1)
+    (output / "run.json").write_text(json.dumps({"seed": seed, "scale": scale, "quick_evaluation": quick,
+                                                 "seconds": total, "threads": torch.get_num_threads()}, indent=1))
     print(scores.table())
-    print(f"[toy] done in {time.time() - started:.0f} s; the final model is {model}")
+    print(f"[toy] done in {total:.0f} s; the final model is {model}")
     return model

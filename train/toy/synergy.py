@@ -1,14 +1,20 @@
-"""The paper's synergy experiment in miniature: the same DreamLLM budget spent on joint training, on comprehension
-only, or on creation only, from the same assembled model and stage-0 parts.
+"""The paper's synergy experiment in miniature: joint training of comprehension and creation against either alone,
+from the same assembled model and stage-0 parts, with the same steps, two seeds each.
 
-    python -m train.toy synergy --run runs/toy     # reuses runs/toy/{stage0,data,assembled} and its joint scores
+    python -m train.toy synergy --run runs/toy                 # reuses runs/toy/{assembled,data}, seeds 0 and 1
+    python -m train.toy synergy --run runs/toy --scale 0.25    # every arm on a quarter of the steps
 
-- joint: `PLANS` as the main run (pairs for creation and captioning, stories, Q&A, instructions);
-- comprehension-only: every image is an input (pairs as captioning, Q&A); no creation blocks, no diffusion loss;
-- creation-only: every image is created (pairs as text-to-image, stories, instructions); no Q&A.
+- joint: `PLANS`, the main run's recipe;
+- comprehension-only: the samples of each joint batch that read images and learn text about them (Q&A, the pairs
+  that are captioned); no creation blocks, no diffusion loss;
+- creation-only: the samples of each joint batch that create images (the pairs that are drawn, stories,
+  instructions); no Q&A, no captioning. Stories keep the CLIP read-back of their images, as generation reads every
+  created image back.
 
-Each variant keeps every stage's step count, batch size and learning rate, so all three see the same number of
-samples. The table compares text-to-image and understanding accuracy on the held-out set of `evaluate`.
+Each single-skill arm keeps its skill's share of every joint batch (same sources, weights and creation share, batch
+size cut to that share) for the same number of steps at the same learning rates, so it sees exactly the samples of
+its skill that the joint arm sees; the joint arm sees both. Every arm is scored by `evaluate` on the full held-out
+set. Results go to `DIR/synergy.json` (every metric per arm and seed) and `DIR/synergy.md` (the table).
 """
 
 from __future__ import annotations
@@ -20,62 +26,112 @@ from pathlib import Path
 from train.toy.data import world_data_paths
 from train.toy.recipe import PLANS, STAGE_ORDER, StagePlan, train_dreamllm
 
-COMPREHENSION_SOURCES = ("pairs", "qa")
-CREATION_SOURCES = ("pairs", "stories", "instructions")
-VARIANTS = ("joint", "comprehension-only", "creation-only")
+ARMS = ("joint", "comprehension-only", "creation-only")
+COMPREHENSION_SOURCES = ("qa",)  # + the captioned share of the pairs
+CREATION_SOURCES = ("stories", "instructions")  # + the drawn share of the pairs
+SEEDS = (0, 1)
 
 
-def _keep(plan: StagePlan, sources: tuple[str, ...], creation_prob: float) -> StagePlan:
-    data = tuple(key for key in plan.data if key.partition(":")[0] in sources)
-    if not data:  # a stage whose sources are all excluded trains on the variant's pairs
-        data = ("pairs",)
-    return replace(plan, data=data, creation_prob=creation_prob)
+def _weights(plan: StagePlan) -> dict[str, float]:
+    weights = {}
+    for key in plan.data:
+        name, _, weight = key.partition(":")
+        weights[name] = float(weight or 1)
+    return weights
 
 
-def variant_plans(variant: str, plans: dict[str, StagePlan] = PLANS) -> dict[str, StagePlan]:
-    """The stage plans of one synergy variant (same steps and learning rates as `plans`)."""
-    if variant == "joint":
+def _single_skill(plan: StagePlan, sources: tuple[str, ...], pair_share: float, creation_prob: float) -> StagePlan:
+    """`plan` cut to one skill: its sources, plus `pair_share` of the pairs' weight; the batch keeps that share."""
+    weights = _weights(plan)
+    kept = {name: weight for name, weight in weights.items() if name in sources}
+    if "pairs" in weights and pair_share > 0:
+        kept["pairs"] = weights["pairs"] * pair_share
+    share = sum(kept.values()) / sum(weights.values())
+    data = tuple(f"{name}:{weight:g}" for name, weight in kept.items())
+    return replace(plan, data=data, creation_prob=creation_prob, batch_size=max(1, round(plan.batch_size * share)))
+
+
+def arm_plans(arm: str, plans: dict[str, StagePlan] = PLANS) -> dict[str, StagePlan]:
+    """The stage plans of one arm (same steps and learning rates as `plans`)."""
+    if arm == "joint":
         return dict(plans)
-    if variant == "comprehension-only":
-        return {stage: _keep(plan, COMPREHENSION_SOURCES, 0.0) for stage, plan in plans.items()}
-    if variant == "creation-only":
-        return {stage: _keep(plan, CREATION_SOURCES, 1.0) for stage, plan in plans.items()}
-    raise ValueError(f"unknown synergy variant {variant!r}: expected one of {VARIANTS}")
+    if arm == "comprehension-only":
+        return {stage: _single_skill(plan, COMPREHENSION_SOURCES, 1 - plan.creation_prob, 0.0)
+                for stage, plan in plans.items()}
+    if arm == "creation-only":
+        return {stage: _single_skill(plan, CREATION_SOURCES, plan.creation_prob, 1.0) for stage, plan in plans.items()}
+    raise ValueError(f"unknown synergy arm {arm!r}: expected one of {ARMS}")
 
 
-def synergy_table(scores: dict[str, dict]) -> str:
-    """Markdown table: one row per metric, one column per variant (from `ToyScores.as_dict()` results)."""
-    rows = [("text-to-image", key) for key in ("color", "shape", "position")]
-    rows += [("understanding", key) for key in ("color", "shape", "position", "all")]
-    names = [variant for variant in VARIANTS if variant in scores]
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for area, key in rows:
-        cells = [f"{scores[name][area.replace('-', '_')][key]:.1%}" for name in names]
-        lines.append(f"| {area} {key} | " + " | ".join(cells) + " |")
+TABLE_ROWS = (
+    ("text_to_image", ("color", "shape", "position", "all")),
+    ("understanding", ("color", "shape", "position", "all")),
+    ("draw_instructions", ("one_image", "color", "shape", "position")),
+    ("caption_requests", ("one_image", "color", "shape", "position")),
+    ("interleaved", ("at_sentence_and_matching", "follows_instruction")),
+)
+
+
+def synergy_table(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown table from `synergy.json`'s `results` (arm -> seed -> `ToyScores.as_dict()`): one row per metric, one
+    column per arm and seed, then each arm's mean over its seeds."""
+    arms = [arm for arm in ARMS if arm in results]
+    columns = [(arm, seed) for arm in arms for seed in sorted(results[arm], key=int)]
+    header = [f"{arm} s{seed}" for arm, seed in columns] + [f"{arm} mean" for arm in arms]
+    lines = ["| metric | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for area, keys in TABLE_ROWS:
+        for key in keys:
+            values = [results[arm][seed].get(area, {}).get(key) for arm, seed in columns]
+            if all(value is None for value in values):
+                continue
+            means = []
+            for arm in arms:
+                seen = [results[arm][seed][area][key] for seed in results[arm] if key in results[arm][seed].get(area, {})]
+                means.append(sum(seen) / len(seen) if seen else None)
+            cells = ["-" if value is None else f"{value:.1%}" for value in values + means]
+            lines.append(f"| {area.replace('_', '-')} {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run_synergy(run: Path, seed: int = 0, scale: float = 1.0, variants: tuple[str, ...] = VARIANTS) -> str:
-    """Train the missing variants next to a main run's folders, evaluate them, write and return the table."""
+def _main_run(run: Path) -> dict:
+    path = run / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_synergy(
+    run: Path, seeds: tuple[int, ...] = SEEDS, scale: float = 1.0, arms: tuple[str, ...] = ARMS, quick: bool = False
+) -> str:
+    """Train and evaluate the missing arms next to a main run's folders; write `synergy.json` / `synergy.md` in `run`
+    and return the table. An arm already trained (or the main run itself, for joint at its seed and scale) is reused.
+    `quick` scores on `evaluate`'s quick set (smoke runs; the main run's own scores are reused only at full size)."""
     from train.toy.evaluate import evaluate
 
     assembled, files = run / "assembled", world_data_paths(run / "data")  # the main run's, reused as they are
     missing = [str(path) for path in (assembled, *files.values()) if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} missing: run `python -m train.toy --output {run}` first")
-    scores = {}
-    for variant in variants:
-        folder = run if variant == "joint" else run / "synergy" / variant
-        final = folder / STAGE_ORDER[-1]
-        saved = folder / "scores.json"
-        if not final.exists():
-            print(f"[toy] synergy: training {variant}", flush=True)
-            _, losses, seconds = train_dreamllm(assembled, folder, files, scale, seed, variant_plans(variant))
-            (folder / "losses.json").write_text(json.dumps({"losses": losses, "seconds": seconds}, indent=1))
-        if not saved.exists():
-            print(f"[toy] synergy: evaluating {variant}", flush=True)
-            saved.write_text(json.dumps(evaluate(final, quick=scale < 0.5).as_dict(), indent=1))
-        scores[variant] = json.loads(saved.read_text())
-    table = synergy_table(scores)
+    main_run = _main_run(run)
+    results: dict[str, dict[str, dict]] = {}
+    for seed in seeds:
+        for arm in arms:
+            reuse_main = arm == "joint" and (
+                (main_run.get("seed"), main_run.get("scale"), main_run.get("quick_evaluation")) == (seed, scale, quick)
+            )
+            folder = run if reuse_main else run / "synergy" / f"scale-{scale:g}" / f"{arm}-seed{seed}"
+            final, saved = folder / STAGE_ORDER[-1], folder / "scores.json"
+            if not final.exists():
+                print(f"[toy] synergy: training {arm}, seed {seed}, scale {scale:g}", flush=True)
+                _, losses, seconds = train_dreamllm(assembled, folder, files, scale, seed, arm_plans(arm))
+                (folder / "losses.json").write_text(json.dumps({"losses": losses, "seconds": seconds}, indent=1))
+            if not saved.exists():
+                print(f"[toy] synergy: evaluating {arm}, seed {seed}", flush=True)
+                saved.write_text(json.dumps(evaluate(final, quick=quick).as_dict(), indent=1))
+            results.setdefault(arm, {})[str(seed)] = json.loads(saved.read_text())
+    plans = {arm: {stage: {"steps": max(2, round(plan.steps * scale)), "batch_size": plan.batch_size,
+                           "data": list(plan.data), "creation_prob": plan.creation_prob}
+                   for stage, plan in arm_plans(arm).items()} for arm in arms}
+    table = synergy_table(results)
+    (run / "synergy.json").write_text(json.dumps({"scale": scale, "seeds": list(seeds), "quick": quick, "plans": plans,
+                                                  "results": results}, indent=1))
     (run / "synergy.md").write_text(table + "\n")
     return table

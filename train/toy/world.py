@@ -105,7 +105,8 @@ class QA:
 
 @dataclass(frozen=True)
 class Instruction:
-    """A request and what answers it: a Scene to draw (`kind='draw'`) or a story (`kind='story'`)."""
+    """A request and what answers it: a Scene to draw (`kind='draw'`, "Draw a red circle.", or `kind='caption'`, the
+    caption alone as a chat turn) or a story (`kind='story'`)."""
 
     text: str
     target: Scene | list
@@ -345,16 +346,28 @@ def story_text(story: Story, image_token: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- instructions
+INSTRUCTION_KINDS = ("draw", "caption", "story")
+CAPTION_REQUEST_SHARE = 0.4  # of the requests for one picture, those that are the bare caption
+
+
 def sample_instruction(rng: np.random.Generator | int | None, kind: str | None = None) -> Instruction:
-    """'Draw a green triangle in the center.' (-> Scene) or 'Tell a short story about a square that changes color,
-    with pictures.' (-> story); `kind` is 'draw' or 'story' (random when None)."""
+    """'Draw a green triangle in the center.' or 'a green triangle in the center' (-> Scene: one picture, and the
+    reply ends) or 'Tell a short story about a square that changes color, with pictures.' (-> story); `kind` is one of
+    `INSTRUCTION_KINDS` (random when None: half stories, half requests for one picture)."""
     rng = as_rng(rng)
-    kind = kind or _pick(rng, ["draw", "story"])
+    if kind is None:
+        kind = _pick(rng, ["draw", "story"])
+        if kind == "draw" and rng.random() < CAPTION_REQUEST_SHARE:
+            kind = "caption"
     if kind == "draw":
         scene = sample_scene(rng)
         return Instruction(f"Draw {caption(scene)}.", scene, kind)
+    if kind == "caption":  # as a user types it: "a red circle on the left" or "A red circle on the left."
+        scene = sample_scene(rng)
+        text = caption(scene)
+        return Instruction(_pick(rng, [text, text[0].upper() + text[1:] + "."]), scene, kind)
     if kind != "story":
-        raise ValueError(f"unknown instruction kind {kind!r}")
+        raise ValueError(f"unknown instruction kind {kind!r}: expected one of {INSTRUCTION_KINDS}")
     change = _pick(rng, [None, *ATTRIBUTES])
     start = sample_attributes(rng)
     if change is None:
@@ -426,6 +439,7 @@ __all__ = [
     "COLORS",
     "IMAGE_SIZE",
     "Instruction",
+    "INSTRUCTION_KINDS",
     "POSITIONS",
     "POSITION_PHRASES",
     "QA",
