@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     page = write_document(out.segments, args.prompt, new_document_folder(args.output, args.prompt), settings)
     images = sum(not isinstance(segment, str) for segment in out.segments)
-    print(f"wrote {page} ({images} images)")
+    print(f"wrote {page} ({images} image{'' if images == 1 else 's'})")
     return page
 
 

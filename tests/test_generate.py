@@ -134,7 +134,7 @@ def test_main_command_writes_a_clean_document_that_a_browser_shows(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", f"the main command printed warnings or notices:\n{result.stderr}"
     (line,) = result.stdout.splitlines()
-    match = re.fullmatch(r"wrote (.+/index\.html) \((\d+) images\)", line)
+    match = re.fullmatch(r"wrote (.+/index\.html) \((\d+) images?\)", line)
     assert match, line
     page, count = Path(match.group(1)), int(match.group(2))
     assert page.parent.parent == tmp_path and 1 <= count <= 4
@@ -149,3 +149,18 @@ def test_main_command_writes_a_clean_document_that_a_browser_shows(tmp_path):
     saturated = ((shot.max(axis=-1) - shot.min(axis=-1)) > 150).sum()
     assert black >= 0.5 * count * 192 * 192, (black, count)
     assert saturated >= 200 * count, (saturated, count)
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "toy" / "config.json").exists(), reason="checkpoints/toy is not built")
+@pytest.mark.parametrize("prompt", ["Draw a green triangle in the center.", "a red circle on the left"])
+def test_a_request_for_one_picture_gets_exactly_that_picture(tmp_path, prompt):
+    from train.toy.judge import score_caption
+
+    result = _run_generate(prompt, "--output", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    match = re.fullmatch(r"wrote (.+/index\.html) \(1 image\)", line)
+    assert match, line  # one picture, then the reply ends: no story after it
+    page = Path(match.group(1))
+    assert page.read_text().count("<figure>") == 1
+    assert all(score_caption(Image.open(page.parent / "image_1.png"), prompt).values())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train.toy.judge import score_scene
-from train.toy.world import ATTRIBUTES, caption, render, sample_qa, sample_scene
+from train.toy.world import ATTRIBUTES, caption, render, sample_instruction, sample_qa, sample_scene
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
 pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="checkpoints/toy is not built")
@@ -18,6 +18,10 @@ SEED = 123_456  # neither training (< 10_000) nor `train.toy.evaluate` (10_000..
 # path or a retrained checkpoint that learned less fails here; see the model card for the full held-out table.
 MIN_UNDERSTANDING = 0.6
 MIN_SINGLE_SHAPE_DRAWN = {"color": 0.75, "shape": 0.7, "position": 0.75}
+# A request for one picture is answered with exactly that picture and the end of the reply; the checkpoint's
+# held-out rate is in its model card. The floor leaves room for one miss in the 12 requests here.
+MIN_ONE_IMAGE_REPLIES = 11 / 12
+MIN_REQUESTED_DRAWN = 0.6  # every attribute of every shape right (two-shape pictures included)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,20 @@ def test_draws_what_single_shape_captions_say(pipe):
     hits = [score_scene(image, scene) for image, scene in zip(images, scenes)]
     for attribute, floor in MIN_SINGLE_SHAPE_DRAWN.items():
         assert np.mean([h[attribute] for h in hits]) >= floor, attribute
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["draw", "caption"])
+def test_a_request_for_one_picture_is_answered_with_one_picture(pipe, kind):
+    rng = np.random.default_rng(SEED + 2 + (kind == "caption"))
+    one_image, right = [], []
+    for index in range(12):
+        request = sample_instruction(rng, kind=kind)  # "Draw a red circle on the left." / "a red circle on the left"
+        out = pipe.generate_interleaved([{"role": "user", "content": request.text}], max_new_tokens=40, max_images=3,
+                                        num_inference_steps=25, guidance_scale=3.0,
+                                        generator=torch.Generator().manual_seed(index))
+        images = [segment for segment in out.segments if not isinstance(segment, str)]
+        one_image.append(len(out.segments) == len(images) == 1 and out.finish_reason == "eos")
+        right.append(bool(images) and all(score_scene(images[0], request.target).values()))
+    assert np.mean(one_image) >= MIN_ONE_IMAGE_REPLIES, one_image
+    assert np.mean(right) >= MIN_REQUESTED_DRAWN, right
