@@ -73,7 +73,8 @@ def test_the_tour_runs_as_written_without_warnings(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "(64, 64)"
     assert lines[1] in COLOURS  # the answer about the picture just created is a colour of the world
-    assert any(line.startswith("[image (64, 64)]") for line in lines[2:-1])
+    assert any(line.startswith("[image (64, 64)]") for line in lines[2:-2])
+    assert lines[-2] == "1 eos"  # a request for one picture: exactly one segment, then the end of the reply
     assert lines[-1] == "['instructions', 'pairs', 'qa', 'stories']"
 
     (bash,) = _blocks(_tour(), "bash")

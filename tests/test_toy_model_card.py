@@ -51,3 +51,5 @@ def test_a_new_run_writes_the_same_kind_of_card(tmp_path):
     assert_card(tmp_path / "README.md")
     text = (tmp_path / "README.md").read_text()
     assert "x       1.0%" in text and "--seed 3 --scale 0.05" in text and "stage0 10, sft 5" in text
+    refresh_model_card(tmp_path)  # a card a run writes is already what a refresh would write
+    assert (tmp_path / "README.md").read_text() == text

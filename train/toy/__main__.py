@@ -1,7 +1,7 @@
 """The shapes world, end to end: stage 0 (the world's own CLIP, Stable Diffusion and LM), `train.assemble`, the three
 DreamLLM stages with the project's trainer, and a held-out evaluation.
 
-    python -m train.toy --output runs/toy                 # everything (58 min on 2 CPU cores)
+    python -m train.toy --output runs/toy                 # everything (58-123 min on 2 CPU cores)
     python -m train.toy --output runs/toy --scale 0.05    # a quick smoke run of the same code paths
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only, 2 seeds

@@ -138,7 +138,7 @@ def write_model_card(
         min_timestep=MIN_TIMESTEP,
         decoder_line=_decoder_line(stage0_log),
     )
-    return _save(folder, card.replace("{knowledge}", knowledge_section()))
+    return _save(folder, card.replace("{knowledge}", knowledge_section().strip()))  # as `refresh_model_card` writes it
 
 
 def card_data() -> ModelCardData:
