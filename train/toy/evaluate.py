@@ -26,7 +26,8 @@ from train.toy.world import (
 
 HELD_OUT_SEED = 10_000  # training data uses seeds below this
 # Held-out set sizes. The full set keeps the 95% interval of a text-to-image accuracy near +-6 points (+-11 with the
-# 60 captions used before) and takes under a minute on 2 CPU cores; the quick one is for smoke runs.
+# 60 captions used before; +-12 on a request row's 40) and takes about 4 minutes on the 2 CPU cores that trained
+# checkpoints/toy; the quick one is for smoke runs.
 FULL = {"num_prompts": 240, "num_questions": 300, "num_requests": 40, "num_stories": 24}
 QUICK = {"num_prompts": 16, "num_questions": 36, "num_requests": 4, "num_stories": 3}
 AREAS = ("text_to_image", "understanding", "draw_instructions", "caption_requests", "interleaved")
