@@ -46,7 +46,8 @@ def test_shapes_vqa_agrees_with_the_toy_evaluation(lmms_results):
     for kind in ("color", "shape", "position"):
         assert got[f"{kind},none"] == pytest.approx(expected[kind])
     samples = lmms_results["samples"]["shapes_vqa"]
-    assert len(samples) == LIMIT and [s["doc_id"] for s in samples if not s["accuracy"]] == [109]
+    wrong = [sample for sample in samples if not sample["accuracy"]]  # the same number as the toy evaluation's
+    assert len(samples) == LIMIT and len(wrong) == round((1 - expected["all"]) * LIMIT) > 0
 
 
 def test_multiple_choice_ranks_choices_by_likelihood(mc_results):
