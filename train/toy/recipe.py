@@ -32,6 +32,10 @@ class StagePlan:
     # of four cut I-GPT's step from 0.91 to 0.72 s, and text-to-image and understanding held up (README).
     noise_samples_per_image: int = 2
 
+    def source_weights(self) -> dict[str, float]:
+        """`data` as {source: sampling weight} ('qa:13' -> {'qa': 13.0}; no weight is 1)."""
+        return {name: float(weight or 1) for name, _, weight in (key.partition(":") for key in self.data)}
+
 
 # The LLM is frozen in alignment, so its dream-query states hardly depend on the caption yet: alignment mostly
 # trains the vision projector. Creation is learned in I-GPT, where the LLM itself learns to steer the decoder, so
@@ -65,11 +69,10 @@ SNR_GAMMA = 5.0  # Min-SNR weighting of the diffusion loss: the noisier steps, w
 MIN_TIMESTEP = 700
 
 
-def _data_arguments(files: dict[str, Path], keys: tuple[str, ...]) -> list[str]:
+def _data_arguments(files: dict[str, Path], plan: StagePlan) -> list[str]:
     arguments = []
-    for key in keys:
-        name, _, weight = key.partition(":")
-        arguments += ["--data", f"{files[name]}:{weight}" if weight else str(files[name])]
+    for name, weight in plan.source_weights().items():
+        arguments += ["--data", str(files[name]) if weight == 1 else f"{files[name]}:{weight:g}"]
     return arguments
 
 
@@ -88,7 +91,7 @@ def run_stage(
         "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
         "--snr_gamma", str(SNR_GAMMA), "--noise_samples_per_image", str(plan.noise_samples_per_image),
         "--min_timestep", str(MIN_TIMESTEP),
-        *_data_arguments(files, plan.data),
+        *_data_arguments(files, plan),
     ]
     return train_stage(argv).state.log_history
 

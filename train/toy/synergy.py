@@ -32,17 +32,9 @@ CREATION_SOURCES = ("stories", "instructions")  # + the drawn share of the pairs
 SEEDS = (0, 1)
 
 
-def _weights(plan: StagePlan) -> dict[str, float]:
-    weights = {}
-    for key in plan.data:
-        name, _, weight = key.partition(":")
-        weights[name] = float(weight or 1)
-    return weights
-
-
 def _single_skill(plan: StagePlan, sources: tuple[str, ...], pair_share: float, creation_prob: float) -> StagePlan:
     """`plan` cut to one skill: its sources, plus `pair_share` of the pairs' weight; the batch keeps that share."""
-    weights = _weights(plan)
+    weights = plan.source_weights()
     kept = {name: weight for name, weight in weights.items() if name in sources}
     if "pairs" in weights and pair_share > 0:
         kept["pairs"] = weights["pairs"] * pair_share
@@ -86,7 +78,7 @@ def synergy_table(results: dict[str, dict[str, dict]]) -> str:
                 continue
             means = []
             for arm in arms:
-                seen = [results[arm][seed][area][key] for seed in results[arm] if key in results[arm][seed].get(area, {})]
+                seen = [value for (of_arm, _), value in zip(columns, values) if of_arm == arm and value is not None]
                 means.append(sum(seen) / len(seen) if seen else None)
             cells = ["-" if value is None else f"{value:.1%}" for value in values + means]
             lines.append(f"| {area.replace('_', '-')} {key} | " + " | ".join(cells) + " |")
