@@ -137,3 +137,26 @@ def test_bad_model_inputs_are_clear_errors(model, document, tiny_processor):
     for ids in (no_slots, half_blocks):
         with pytest.raises(ValueError, match=f"each creation block needs exactly {q}"):
             model(input_ids=torch.tensor([ids]))
+
+
+def test_malformed_token_and_pixel_inputs_name_the_input(model, document):
+    ids, pixels = document["input_ids"], document["pixel_values"]
+    cases = [
+        (dict(input_ids=ids[0], pixel_values=pixels), ValueError, r"input_ids must have shape \(batch, sequence\)"),
+        (dict(input_ids=ids[:0], pixel_values=pixels), ValueError, r"input_ids is empty \(shape \(0,"),
+        (dict(input_ids=ids[:, :0]), ValueError, r"input_ids is empty \(shape \(1, 0\)\)"),
+        (dict(input_ids=ids.float(), pixel_values=pixels), TypeError, "input_ids must hold integer token ids"),
+        (dict(input_ids=ids + 10**6, pixel_values=pixels), ValueError, "ids outside the vocabulary"),
+        (dict(input_ids=-ids, pixel_values=pixels), ValueError, "ids outside the vocabulary"),
+        (dict(input_ids=ids, pixel_values=pixels[:, :1]), ValueError, "pixel_values has 1 channels but the vision tower"),
+        (dict(input_ids=ids, pixel_values=pixels[:0]), ValueError, "pixel_values is empty"),
+        (dict(inputs_embeds=torch.zeros(4, 8)), ValueError, r"inputs_embeds must have shape \(batch, sequence, hidden\)"),
+        (dict(input_ids=ids, pixel_values=pixels, labels=ids[:, :3]), ValueError, r"labels has shape \(1, 3\)"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            model(**kwargs)
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, sequence\)"):
+        model.generate(ids[0], pixel_values=pixels, max_new_tokens=1)
+    with pytest.raises(ValueError, match="input_ids is empty"):
+        model.generate(input_ids=ids[:, :0], max_new_tokens=1)

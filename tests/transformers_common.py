@@ -100,6 +100,26 @@ class GenerationChecks:
         torch.testing.assert_close(self._greedy(model, embeds), from_ids)  # generate returns only the new tokens
 
     @torch.no_grad()
+    def test_generate_from_random_inputs_embeds(self):
+        """transformers' check that other `inputs_embeds` give other scores. Its own version passes the rows' ids
+        without their images, which a row with an image block rejects by design ("N image blocks but 0 images");
+        here it runs on the rows' text alone (block tokens removed), where it applies."""
+        model, inputs = self._generative_model()
+        ids = inputs["input_ids"]
+        config = model.config
+        block_ids = [config.image_start_token_id, config.image_patch_token_id, config.image_end_token_id,
+                     config.dream_start_token_id, config.dream_end_token_id]
+        text_ids = ids[~torch.isin(ids, torch.tensor(block_ids))].view(ids.shape[0], -1)
+        embeds = model.get_input_embeddings()(text_ids)
+        kwargs = dict(max_new_tokens=self.max_new_tokens, min_new_tokens=self.max_new_tokens, do_sample=False,
+                      return_dict_in_generate=True, output_scores=True)
+        from_embeds = model.generate(text_ids, inputs_embeds=embeds, **kwargs).scores
+        from_random = model.generate(text_ids, inputs_embeds=torch.rand_like(embeds), **kwargs).scores
+        self.assertEqual(len(from_embeds), self.max_new_tokens)
+        for step in range(self.max_new_tokens):
+            self.assertFalse(torch.allclose(from_embeds[step], from_random[step]))
+
+    @torch.no_grad()
     def test_continue_from_returned_cache(self):
         model, inputs = self._generative_model()
         whole = self._greedy(model, inputs)
