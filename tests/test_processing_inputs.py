@@ -158,3 +158,29 @@ def test_loading_picks_the_pil_backend_without_a_fallback_warning(tiny_folder):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split() == ["CLIPImageProcessorPil", "CLIPImageProcessorPil"]
     assert "requires torchvision" not in result.stderr
+
+
+def test_text_that_is_not_valid_unicode_names_where_it_is(processor):
+    with pytest.raises(ValueError, match=r"text\[1\] holds a lone surrogate '\\ud800' at character 2"):
+        processor(text=["fine", "a \ud800 b"])
+    with pytest.raises(ValueError, match=r"messages\[1\]\['content'\] holds a lone surrogate"):
+        processor.encode_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\udfff"}])
+    with pytest.raises(ValueError, match=r"messages\[0\]\['content'\]\[0\]\['text'\] holds a lone surrogate"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}])
+    # A surrogate pair written as one character is ordinary text.
+    assert processor(text="a \U0001f600 b")["input_ids"].shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "What is this?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    ],
+)
+def test_a_conversation_with_nothing_to_learn_is_refused(processor, messages):
+    with pytest.raises(ValueError, match="messages has nothing to learn: no assistant reply"):
+        processor.encode_conversation(messages)
+    # An empty reply still teaches the end of the turn.
+    batch = processor.encode_conversation(messages + [{"role": "assistant", "content": ""}])
+    assert (batch["labels"] != IGNORE_INDEX).sum() == 1
