@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> Path:
     problem = _model_folder_error(args.model)
     if problem is None and not args.prompt.strip():
         problem = "the prompt is empty"
+    if problem is None and args.output.exists() and not args.output.is_dir():
+        problem = f"--output {args.output}: is a file; it names the folder the document's folder is written into"
     if problem is None and args.max_images < 0:
         problem = f"--max-images {args.max_images}: must be 0 or more"
     if problem:

@@ -105,6 +105,7 @@ def _run_generate(*args, cwd=ROOT, timeout=600):
         (["   "], "the prompt is empty"),
         (["a prompt", "--max-images", "-1"], "--max-images -1: must be 0 or more"),
         (["a prompt", "--steps", "0"], "argument --steps: 0 is not a positive integer"),
+        (["a prompt", "--output", "README.md"], "--output README.md: is a file"),
     ],
 )
 def test_bad_arguments_end_in_one_clear_line(args, message):
