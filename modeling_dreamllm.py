@@ -2,8 +2,10 @@
 diffusion decoder, built from the library's own LLaMA/CLIP classes in the shape of transformers' LLaVA."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -102,6 +104,18 @@ def check_token_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tens
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}): give at least one sequence of one token")
 
 
+def damaged_weights_file(folder) -> str:
+    """The first `*.safetensors` file of a local `folder` whose header does not read (the folder itself otherwise),
+    for an error message that names it; used only once loading has failed."""
+    folder = Path(folder)
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            safe_open(file, framework="pt").keys()
+        except (SafetensorError, OSError):
+            return f"{file} is damaged or truncated (re-download or re-save it)"
+    return f"{folder}: a weights file is damaged or truncated"
+
+
 class DreamLLMPreTrainedModel(PreTrainedModel):
     config: DreamLLMConfig
     config_class = DreamLLMConfig
@@ -116,8 +130,11 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:  # safetensors' own message names no file
+            raise OSError(f"{damaged_weights_file(pretrained_model_name_or_path)}: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` adds a dict
         # Loading materialises fresh parameters, which forgets `requires_grad`: freeze CLIP again.
         base = model if isinstance(model, DreamLLMModel) else model.model

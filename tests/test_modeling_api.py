@@ -160,3 +160,21 @@ def test_malformed_token_and_pixel_inputs_name_the_input(model, document):
         model.generate(ids[0], pixel_values=pixels, max_new_tokens=1)
     with pytest.raises(ValueError, match="input_ids is empty"):
         model.generate(input_ids=ids[:, :0], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten header"])
+def test_a_damaged_weights_file_is_named(tiny_folder, tmp_path, damage):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = shutil.copytree(tiny_folder, tmp_path / "damaged")
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        weights.write_bytes(b"\xff" * 16 + weights.read_bytes()[16:])
+    for load in (DreamLLMForCausalLM.from_pretrained,
+                 lambda path: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
+        with pytest.raises(OSError, match=f"{weights} is damaged or truncated"):
+            load(folder)
