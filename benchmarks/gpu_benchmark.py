@@ -1,7 +1,7 @@
 """DreamLLM-7B-shaped speed and memory on one GPU, against the diffusers / transformers models it is built from.
 
 Random weights in the shapes of the release (`DreamLLMConfig()`: Vicuna-7B, all 32 layers, CLIP ViT-L/14) with the
-SD-2.1-base UNet and VAE (`train.convert_original_configs`), built directly on the device in bf16 (nothing is
+SD-2.1-base UNet and VAE (`train.convert.configs`), built directly on the device in bf16 (nothing is
 downloaded or written):
 
 (a) text-to-image, 512x512, 25 steps DPM-Solver++, guidance 7.5: `DreamLLMPipeline(prompt)` against diffusers'
@@ -45,7 +45,7 @@ from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
 from pipeline_dreamllm import DreamLLMPipeline  # noqa: E402
 from processing_dreamllm import DreamLLMProcessor  # noqa: E402
 from train.assemble import diffusion_image_processor  # noqa: E402
-from train.convert_original_configs import (  # noqa: E402
+from train.convert.configs import (  # noqa: E402
     CLIP_VIT_L14_IMAGE_PROCESSOR_CONFIG,
     CLIP_VIT_L14_VISION_CONFIG,
     SD21_BASE_SCHEDULER_CONFIG,

@@ -1,7 +1,7 @@
 """Training memory of DreamLLM-7B per stage and per GPU, computed on the meta device (no weights, no memory).
 
 The model is the released 7B configuration (`DreamLLMConfig()`: Vicuna-7B + CLIP ViT-L/14) with the SD-2.1-base
-UNet and VAE of `train.convert_original_configs`, all built on the meta device. Parameter counts come from the
+UNet and VAE of `train.convert.configs`, all built on the meta device. Parameter counts come from the
 modules; activations are the bytes autograd saves for backward in a meta forward (`saved_tensors_hooks`):
 
     python benchmarks/memory_table.py                 # markdown table (docs/scaling.md)
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_dreamllm import DreamLLMConfig  # noqa: E402
 from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
-from train.convert_original_configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
+from train.convert.configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
 from train.stages import LANGUAGE_MODEL_TARGETS, PROJECTORS_AND_QUERIES, new_token_ids  # noqa: E402
 
 GIB = 1024**3

@@ -188,7 +188,7 @@ def test_a_damaged_model_folder_is_named_not_half_loaded(tiny_folder, tmp_path, 
 
 # ------------------------------------------------------------------------------------------------- converter
 def test_converter_refuses_shards_outside_its_input(tmp_path):
-    from train.convert_original_sources import ConversionError, find_main_checkpoint
+    from train.convert.sources import ConversionError, find_main_checkpoint
 
     release, outside = tmp_path / "release", tmp_path / "outside"
     release.mkdir()

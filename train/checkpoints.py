@@ -61,7 +61,7 @@ def check_model_folder(folder: str | Path, option: str = "--model_name_or_path")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{option} {folder}: no such folder; build one with `python -m train.assemble` or convert a "
-                         "release with `python -m train.convert_original`")
+                         "release with `python -m train.convert`")
     try:
         json.loads((folder / "config.json").read_text())
     except FileNotFoundError as error:

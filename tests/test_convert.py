@@ -1,4 +1,4 @@
-"""`train.convert_original`: an official-layout checkpoint converts into a folder that loads through the Auto classes
+"""`python -m train.convert`: an official-layout checkpoint converts into a folder that loads through the Auto classes
 and computes exactly what the original tensors compute."""
 
 import json
@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
 
-from train import convert_original as converter
-from train import convert_original_release as release_configs
-from train.convert_original import convert_original, main
-from train.convert_original_sources import ConversionError
+from train.convert import original as converter
+from train.convert import release as release_configs
+from train.convert.original import convert_original, main
+from train.convert.sources import ConversionError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_folder_has_our_layout_and_the_tokenizer_ids(converted, ckpt):
 
 
 def test_card_names_a_hub_release_as_its_base_model():
-    from train.convert_original_card import card_data
+    from train.convert.card import card_data
 
     assert card_data("RunpeiDong/dreamllm-7b-chat-v1.0").base_model == "RunpeiDong/dreamllm-7b-chat-v1.0"
     assert card_data("release").base_model is None  # a local folder name is no Hub id
@@ -264,7 +264,7 @@ def test_plugin_files_win_over_the_plugin_tensors_of_a_full_dump(ckpt, tmp_path)
 
 
 def test_cli_default_dtype_is_bf16_and_shards_load(ckpt, tmp_path, capsys, monkeypatch):
-    from train import convert_original_writer as writer
+    from train.convert import writer
 
     splits, split = [], writer.split_torch_state_dict_into_shards
     monkeypatch.setattr(writer, "split_torch_state_dict_into_shards", lambda *a, **k: splits.append(split(*a, **k))
@@ -370,7 +370,7 @@ def test_failure_while_writing_removes_the_staging_folder(ckpt, tmp_path, monkey
 def test_unknown_tensors_are_reported_by_name(ckpt, tmp_path, caplog):
     release = shutil.copytree(ckpt.release, tmp_path / "release")
     _rewrite(release / "dream_embedding.bin", lambda s: s.update({"extra_scale": torch.ones(1)}))
-    with caplog.at_level(logging.WARNING, logger="train.convert_original"):
+    with caplog.at_level(logging.WARNING, logger="train.convert.original"):
         convert_original(release, tmp_path / "out", vision=ckpt.vision, diffusion=ckpt.diffusion)
     assert "dream_embedding.bin: extra_scale" in caplog.text
 

@@ -5,7 +5,7 @@ code fetched them from the Hub at load time. These are the values of `openai/cli
 `config.json`, and `preprocessor_config.json`) and `stabilityai/stable-diffusion-2-1-base` (`unet/config.json`,
 `vae/config.json`, `scheduler/scheduler_config.json`), as those repositories have them.
 
-    >>> from train.convert_original_configs import SD21_BASE_UNET_CONFIG
+    >>> from train.convert.configs import SD21_BASE_UNET_CONFIG
     >>> SD21_BASE_UNET_CONFIG["cross_attention_dim"], SD21_BASE_UNET_CONFIG["sample_size"]
     (1024, 64)
 """

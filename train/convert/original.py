@@ -1,7 +1,7 @@
 """Convert an official DreamLLM release (e.g. `RunpeiDong/dreamllm-7b-chat-v1.0`) into this project's folder.
 
-    python -m train.convert_original --input dreamllm-7b-chat-v1.0 --output dreamllm-7b-chat-hf
-    python -m train.convert_original --input ckpt --output out --dtype fp32 --vision clip-dir --diffusion sd-dir
+    python -m train.convert --input dreamllm-7b-chat-v1.0 --output dreamllm-7b-chat-hf
+    python -m train.convert --input ckpt --output out --dtype fp32 --vision clip-dir --diffusion sd-dir
 
 Input: `pytorch_model.bin` (or its shards + `pytorch_model.bin.index.json`, or the safetensors equivalents; FSDP
 full dumps that also hold the plugin tensors work too), `dream_embedding.bin`, `clip_vision_embedding.bin`,
@@ -9,7 +9,7 @@ full dumps that also hold the plugin tensors work too), `dream_embedding.bin`, `
 `protobuf`). Output: the standard folder of `train.assemble` (transformers remote-code model + processor at the root,
 diffusers `unet/`, `vae/`, `scheduler/`), plus a model card.
 
-CLIP ViT-L/14 and SD-2.1-base configs are carried in `train.convert_original_configs`, so no network is needed;
+CLIP ViT-L/14 and SD-2.1-base configs are carried in `train.convert.configs`, so no network is needed;
 `--vision` / `--diffusion` name folders whose configs replace them. Tensors stream from memory-mapped files into
 size-capped safetensors shards, so the 7B release converts in a few GB of RAM. The output is staged in a hidden
 sibling folder and renamed into place only when complete.
@@ -34,9 +34,9 @@ from train.assemble import (
     staged_folder,
     write_pipeline_files,
 )
-from train.convert_original_card import write_model_card
-from train.convert_original_keys import MODEL, PLUGINS, UNET, VAE, ConversionPlan, check_plan, plan_conversion
-from train.convert_original_release import (
+from train.convert.card import write_model_card
+from train.convert.keys import MODEL, PLUGINS, UNET, VAE, ConversionPlan, check_plan, plan_conversion
+from train.convert.release import (
     CARRIED_VISION,
     DIFFUSION_CONFIG_FILES,
     build_config,
@@ -46,14 +46,14 @@ from train.convert_original_release import (
     load_tokenizer,
     vision_configs,
 )
-from train.convert_original_sources import (
+from train.convert.sources import (
     ConversionError,
     find_main_checkpoint,
     find_plugin_file,
     open_tensor_store,
     read_json,
 )
-from train.convert_original_writer import write_safetensors_shards
+from train.convert.writer import write_safetensors_shards
 
 logger = logging.getLogger(__name__)
 

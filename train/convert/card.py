@@ -71,7 +71,7 @@ says bos 0 / eos 1 / pad -1; those values are wrong and were not used.)
 
 ## Provenance
 
-Converted on {date} with `python -m train.convert_original` from these files of {source}:
+Converted on {date} with `python -m train.convert` from these files of {source}:
 
 {file_list}
 

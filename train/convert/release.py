@@ -21,15 +21,15 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig,
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM
 from train.assemble import register_auto_classes
-from train.convert_original_configs import (
+from train.convert.configs import (
     CLIP_VIT_L14_IMAGE_PROCESSOR_CONFIG,
     CLIP_VIT_L14_VISION_CONFIG,
     SD21_BASE_SCHEDULER_CONFIG,
     SD21_BASE_UNET_CONFIG,
     SD21_BASE_VAE_CONFIG,
 )
-from train.convert_original_keys import MODEL, UNET, VAE, ConversionPlan
-from train.convert_original_sources import ConversionError, read_json
+from train.convert.keys import MODEL, UNET, VAE, ConversionPlan
+from train.convert.sources import ConversionError, read_json
 
 # LLaMA fields taken from the release's config.json; its bos/eos/pad ids are wrong (0/1/-1) and never read.
 LLAMA_FIELDS = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from train.convert_original_sources import ConversionError, TensorStore
+from train.convert.sources import ConversionError, TensorStore
 
 MODEL, UNET, VAE = "model", "unet", "vae"  # the three state dicts written
 DROPPED_SUFFIXES = (  # buffers recomputed at load time

@@ -16,7 +16,7 @@ import torch
 from huggingface_hub import StateDictSplit, split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
-from train.convert_original_keys import PlannedTensor
+from train.convert.keys import PlannedTensor
 
 
 def _umask() -> int:

@@ -1,0 +1,3 @@
+from .original import main
+
+main()
