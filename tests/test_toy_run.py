@@ -121,7 +121,7 @@ def test_synergy_runs_next_to_a_main_run(toy_run):
 def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
     from diffusers import StableDiffusionPipeline
 
-    from train.toy.probe import sensitivity_table, timestep_sensitivity
+    from train.probes.decoder_conditions import sensitivity_table, timestep_sensitivity
 
     pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")
     rows = timestep_sensitivity(pipeline, num_scenes=4, num_bands=2, draws=1)
@@ -143,7 +143,7 @@ def test_condition_comparison_scores_dreamllm_against_the_decoders_text_tower(to
     from diffusers import StableDiffusionPipeline
 
     from pipeline_dreamllm import DreamLLMPipeline
-    from train.toy.probe import comparison_table, condition_comparison
+    from train.probes.decoder_conditions import comparison_table, condition_comparison
     from train.toy.stage0_diffusion import encode_text
 
     pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")

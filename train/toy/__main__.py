@@ -5,13 +5,10 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy --output runs/toy --scale 0.05    # a quick smoke run of the same code paths
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only, 2 seeds
-    python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
-    python -m train.toy probe runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # its conditions vs the text tower's
-    python -m train.toy binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
 `DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt`, `DIR/scores.json` and `DIR/run.json` (seed, scale, seconds).
-Deterministic under `--seed` on a given thread count.
+Deterministic under `--seed` on a given thread count. The research probes of the world's parts are in `train.probes`.
 """
 
 import argparse
@@ -41,43 +38,6 @@ def main(argv: list[str] | None = None) -> None:
         from train.toy.synergy import run_synergy
 
         print(run_synergy(args.run, tuple(args.seeds), args.scale, quick=args.quick))
-        return
-    if argv[:1] == ["probe"]:
-        parser = argparse.ArgumentParser(prog="python -m train.toy probe", description="per timestep band, how much "
-                                         "the decoder's loss rises when one caption attribute is wrong")
-        parser.add_argument("diffusion", type=Path, help="a stage-0 Stable Diffusion folder (DIR/stage0/diffusion)")
-        parser.add_argument("--dreamllm", type=Path, default=None, help="a DreamLLM folder on that decoder "
-                            "(DIR/sft): compare its conditions with the text tower's on two-shape pictures")
-        args = parser.parse_args(argv[1:])
-        from diffusers import StableDiffusionPipeline
-
-        from train.toy.probe import comparison_table, condition_comparison, sensitivity_table, timestep_sensitivity
-
-        pipeline = StableDiffusionPipeline.from_pretrained(args.diffusion)
-        if args.dreamllm is None:
-            print(sensitivity_table(timestep_sensitivity(pipeline)))
-        else:
-            from pipeline_dreamllm import DreamLLMPipeline
-
-            print(comparison_table(condition_comparison(pipeline, DreamLLMPipeline.from_pretrained(args.dreamllm))))
-        return
-    if argv[:1] == ["binding"]:
-        parser = argparse.ArgumentParser(prog="python -m train.toy binding", description="train a fresh world-sized "
-                                         "LLaMA to name the colour of one of two shapes from frozen CLIP patches")
-        parser.add_argument("clip", type=Path, help="a stage-0 CLIP folder (DIR/stage0/clip)")
-        parser.add_argument("--tasks", default=None, help="comma-separated (default: every task)")
-        parser.add_argument("--steps", type=int, default=1000)
-        parser.add_argument("--batch", type=int, default=24, help="samples per step: the plateau's main lever")
-        parser.add_argument("--seed", type=int, default=0)
-        args = parser.parse_args(argv[1:])
-        from transformers import CLIPVisionModel
-
-        from train.toy.binding import TASKS, binding_table, train_binding
-
-        clip = CLIPVisionModel.from_pretrained(args.clip)
-        tasks = args.tasks.split(",") if args.tasks else TASKS
-        curves = {task: train_binding(clip, task, steps=args.steps, batch=args.batch, seed=args.seed) for task in tasks}
-        print(binding_table(curves))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path)

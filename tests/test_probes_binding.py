@@ -1,11 +1,11 @@
-"""The binding diagnostic (train.toy.binding): its token layouts and its training loop."""
+"""The binding diagnostic (train.probes.binding): its token layouts and its training loop."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from train.toy.binding import TASKS, BindingModel, accuracy, lookup_set, task_tokens, train_binding
+from train.probes.binding import TASKS, BindingModel, accuracy, lookup_set, task_tokens, train_binding
 from train.toy.stage0_clip_patches import patch_features
 from train.toy.stage0_common import build_lm_tokenizer
 from train.toy.world import CHAT_TEXT, POSITION_PHRASES, words

@@ -4,9 +4,9 @@ timestep band. Only where the gap is large can the diffusion loss teach DreamLLM
 folder on that decoder, the same for two-shape pictures under the decoder's own text condition and DreamLLM's: how
 close DreamLLM's conditions come to the text tower's, and whether they keep each colour on its shape.
 
-    python -m train.toy probe runs/toy/stage0/diffusion [--dreamllm runs/toy/sft]
+    python -m train.probes decoder runs/toy/stage0/diffusion [--dreamllm runs/toy/sft]
 
-    from train.toy.probe import condition_comparison, timestep_sensitivity
+    from train.probes.decoder_conditions import condition_comparison, timestep_sensitivity
     rows = timestep_sensitivity(pipeline)   # [{'timesteps': (0, 100), 'loss': 0.055, 'color': 0.11, ...}, ...]
     rows = condition_comparison(pipeline, dreamllm_pipe)  # [{'timesteps': (0, 100), 'text': 0.060, ...}, ...]
 """

@@ -1,9 +1,9 @@
 """Can the world's LLM learn to bind a colour to a shape? A synthetic lookup over the frozen CLIP's patches that
 isolates the one skill two-shape questions need ("What color is the circle?"), without the rest of DreamLLM.
 
-    python -m train.toy binding runs/toy/stage0/clip --steps 1000
+    python -m train.probes binding runs/toy/stage0/clip --steps 1000
 
-    from train.toy.binding import TASKS, train_binding
+    from train.probes.binding import TASKS, train_binding
     curve = train_binding(clip, "two_hop", steps=1000)   # [(250, 0.51), (500, 0.49), ...]: held-out accuracy
 
 A fresh LLaMA of the world LM's size reads a two-shape picture's penultimate-layer CLIP patches (CLS dropped, through
