@@ -266,7 +266,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         creation blocks (one host sync for all the checks)."""
         config = self.config
         is_patch = input_ids == config.image_patch_token_id
-        vocab_size = self.get_input_embeddings().num_embeddings
+        vocab_size = config.text_config.vocab_size
         out_of_vocab = ((input_ids < 0) | (input_ids >= vocab_size)).sum() if ids_given else input_ids.new_zeros(())
         counts = torch.stack(
             [
