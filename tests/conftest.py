@@ -33,6 +33,17 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_stage0(tmp_path_factory) -> Path:
+    """The shapes world's stage 0 (its CLIP, Stable Diffusion and LM) at --steps-scale 0.01, trained once per session
+    for the stage-0 tests and the toy runs that start from it."""
+    from train.toy.stage0 import main
+
+    folder = tmp_path_factory.mktemp("toy-stage0") / "stage0"
+    main(["--output", str(folder), "--steps-scale", "0.01", "--seed", "0"])
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_folder):
     from modeling_dreamllm import DreamLLMForCausalLM
 

@@ -129,6 +129,7 @@ def _screenshot(page: Path, png: Path) -> Image.Image:
     return Image.open(png).convert("RGB")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "toy" / "config.json").exists(), reason="checkpoints/toy is not built")
 def test_main_command_writes_a_clean_document_that_a_browser_shows(tmp_path):
     result = _run_generate(MAIN_PROMPT, "--output", str(tmp_path), cwd=tmp_path)
@@ -152,6 +153,7 @@ def test_main_command_writes_a_clean_document_that_a_browser_shows(tmp_path):
     assert saturated >= 200 * count, (saturated, count)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "toy" / "config.json").exists(), reason="checkpoints/toy is not built")
 @pytest.mark.parametrize("prompt", ["Draw a green triangle in the center.", "a red circle on the left"])
 def test_a_request_for_one_picture_gets_exactly_that_picture(tmp_path, prompt):

@@ -57,6 +57,7 @@ def test_the_docs_map_leads_to_every_page():
     assert pages <= linked and pages <= index, (pages - linked, pages - index)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "toy" / "config.json").exists(), reason="checkpoints/toy is not built")
 def test_the_tour_runs_as_written_without_warnings(tmp_path):
     # A user's fresh folder: the repository's code and checkpoint, nothing else.

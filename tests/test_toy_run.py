@@ -1,5 +1,5 @@
-"""`python -m train.toy` end to end at a tiny scale (stage 0, files, assemble, three stages, evaluation, model card)
-and the synergy arms next to it."""
+"""`python -m train.toy` end to end at a tiny scale from a trained stage 0 (`--stage0`; stage 0 itself is tested in
+test_toy_stage0.py): files, assemble, three stages, evaluation, model card, and the synergy arms next to it."""
 
 import json
 from pathlib import Path
@@ -10,13 +10,15 @@ import torch
 from train.toy.recipe import PLANS, STAGE_ORDER
 from train.toy.synergy import ARMS, arm_plans, synergy_table
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
+def toy_run(tmp_path_factory, toy_stage0) -> Path:
     from train.toy.__main__ import main
 
     output = tmp_path_factory.mktemp("toy") / "run"
-    main(["--output", str(output), "--scale", "0.01"])
+    main(["--output", str(output), "--scale", "0.01", "--stage0", str(toy_stage0)])
     return output
 
 
@@ -118,12 +120,12 @@ def test_synergy_runs_next_to_a_main_run(toy_run):
         row["lm_loss"] for row in seed0["igpt"] if "lm_loss" in row]
 
 
-def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
+def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_stage0):
     from diffusers import StableDiffusionPipeline
 
     from train.probes.decoder_conditions import sensitivity_table, timestep_sensitivity
 
-    pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")
+    pipeline = StableDiffusionPipeline.from_pretrained(toy_stage0 / "diffusion")
     rows = timestep_sensitivity(pipeline, num_scenes=4, num_bands=2, draws=1)
     assert [row["timesteps"] for row in rows] == [(0, 500), (500, 1000)]
     assert all(row["loss"] > 0 and set(row) == {"timesteps", "loss", "color", "shape", "position"} for row in rows)
@@ -139,14 +141,14 @@ def test_probe_reports_paired_loss_gaps_per_timestep_band(toy_run):
     assert lines[0].startswith("| timesteps |") and lines[2].startswith("| 0-499 |") and len(lines) == 4
 
 
-def test_condition_comparison_scores_dreamllm_against_the_decoders_text_tower(toy_run):
+def test_condition_comparison_scores_dreamllm_against_the_decoders_text_tower(toy_run, toy_stage0):
     from diffusers import StableDiffusionPipeline
 
     from pipeline_dreamllm import DreamLLMPipeline
     from train.probes.decoder_conditions import comparison_table, condition_comparison
     from train.toy.stage0_diffusion import encode_text
 
-    pipeline = StableDiffusionPipeline.from_pretrained(toy_run / "stage0" / "diffusion")
+    pipeline = StableDiffusionPipeline.from_pretrained(toy_stage0 / "diffusion")
     dreamllm = DreamLLMPipeline.from_pretrained(toy_run / "sft")
     rows = condition_comparison(pipeline, dreamllm, num_scenes=4, num_bands=2, draws=1)
     assert [row["timesteps"] for row in rows] == [(0, 500), (500, 1000)]

@@ -76,6 +76,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_stay_in_sync(tiny_folder, tmp_path):
     """Data parallel on CPU (gloo): `accelerate launch --cpu` would start one process, so launch through torchrun
     (`--multi_gpu`) with `--use_cpu true` (see docs/scaling.md)."""

@@ -2,8 +2,10 @@
 diffusion decoder, built from the library's own LLaMA/CLIP classes in the shape of transformers' LLaVA."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -65,8 +67,9 @@ class BlockLayout:
     image_ordinal: torch.LongTensor  # (batch, seq): which image of the batch (document order) a CLIP slot shows
 
 
-def check_pixel_values(pixel_values, name: str = "pixel_values") -> None:
-    """Reject pixel inputs that are not a float `(num_images, channels, height, width)` tensor, naming the problem."""
+def check_pixel_values(pixel_values, name: str = "pixel_values", num_channels: int | None = None) -> None:
+    """Reject pixel inputs that are not a non-empty float `(num_images, channels, height, width)` tensor (with
+    `num_channels` channels when given), naming the problem."""
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (the processor's output), got {type(pixel_values).__name__}")
     if not torch.is_floating_point(pixel_values):
@@ -75,6 +78,42 @@ def check_pixel_values(pixel_values, name: str = "pixel_values") -> None:
         )
     if pixel_values.ndim != 4:
         raise ValueError(f"{name} must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}")
+    if pixel_values.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(pixel_values.shape)}); pass None when there are no images")
+    if num_channels is not None and pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"{name} has {pixel_values.shape[1]} channels but the vision tower reads {num_channels} "
+            f"(shape {tuple(pixel_values.shape)}); convert the images to RGB or use the processor"
+        )
+
+
+def check_token_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+    """Reject token inputs that are not a non-empty `(batch, seq)` integer tensor (or `(batch, seq, hidden)` float
+    embeddings), naming the problem; shape checks only, so no host sync."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    name, tensor, ndim = ("input_ids", input_ids, 2) if inputs_embeds is None else ("inputs_embeds", inputs_embeds, 3)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.ndim != ndim:
+        layout = "(batch, sequence)" if ndim == 2 else "(batch, sequence, hidden)"
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(tensor.shape)}; add a batch dimension")
+    if name == "input_ids" and (torch.is_floating_point(tensor) or tensor.is_complex() or tensor.dtype == torch.bool):
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {tensor.dtype}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}): give at least one sequence of one token")
+
+
+def damaged_weights_file(folder) -> str:
+    """The first `*.safetensors` file of a local `folder` whose header does not read (the folder itself otherwise),
+    for an error message that names it; used only once loading has failed."""
+    folder = Path(folder)
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            safe_open(file, framework="pt").keys()
+        except (SafetensorError, OSError):
+            return f"{file} is damaged or truncated (re-download or re-save it)"
+    return f"{folder}: a weights file is damaged or truncated"
 
 
 class DreamLLMPreTrainedModel(PreTrainedModel):
@@ -91,8 +130,11 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:  # safetensors' own message names no file
+            raise OSError(f"{damaged_weights_file(pretrained_model_name_or_path)}: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` adds a dict
         # Loading materialises fresh parameters, which forgets `requires_grad`: freeze CLIP again.
         base = model if isinstance(model, DreamLLMModel) else model.model
@@ -171,7 +213,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         >>> out = model(input_ids=ids, mm_encoder_outputs={"image": model.get_image_features(pixel_values)})
         ```
         """
-        check_pixel_values(pixel_values, "pixel_values")
+        check_pixel_values(pixel_values, "pixel_values", self.config.vision_config.num_channels)
         tower = self.vision_tower
         # No gradient has to reach the pixels, so a frozen tower runs without building a graph.
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
@@ -219,12 +261,16 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         matches = (inputs_embeds[..., None, :] == table).all(-1)  # (batch, seq, 5)
         return torch.where(matches.any(-1), block_ids[matches.int().argmax(-1)], -1)
 
-    def _check_layout(self, input_ids: torch.LongTensor, layout: BlockLayout, num_images: int) -> int:
-        """Validate the blocks against the images given; returns the number of creation blocks (one host sync)."""
+    def _check_layout(self, input_ids: torch.LongTensor, layout: BlockLayout, num_images: int, ids_given: bool) -> int:
+        """Validate the token ids (when `ids_given`) and the blocks against the images given; returns the number of
+        creation blocks (one host sync for all the checks)."""
         config = self.config
         is_patch = input_ids == config.image_patch_token_id
+        vocab_size = config.text_config.vocab_size
+        out_of_vocab = ((input_ids < 0) | (input_ids >= vocab_size)).sum() if ids_given else input_ids.new_zeros(())
         counts = torch.stack(
             [
+                out_of_vocab,
                 (input_ids == config.image_start_token_id).sum(),
                 layout.image_mask.sum(),
                 (input_ids == config.dream_start_token_id).sum(),
@@ -234,7 +280,9 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 (layout.dream_mask & (layout.slot_index >= config.num_dream_queries)).sum(),
             ]
         ).tolist()
-        image_blocks, image_slots, dream_blocks, dream_slots, stray, image_overflow, dream_overflow = counts
+        bad_ids, image_blocks, image_slots, dream_blocks, dream_slots, stray, image_overflow, dream_overflow = counts
+        if bad_ids:
+            raise ValueError(f"input_ids holds {bad_ids} ids outside the vocabulary [0, {vocab_size})")
         if stray:
             raise ValueError(f"{stray} <im_patch> tokens stand outside any <im_start> or <dream_start> block")
         # No block holds more than its size (overflow), so the totals match only when every block is exactly full.
@@ -288,15 +336,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         cache / past_key_values (`Cache`, *optional*): the KV cache to continue from (`past_key_values` is the older
             name of the same argument).
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        check_token_inputs(input_ids, inputs_embeds)
         if pixel_values is not None and mm_encoder_outputs is not None:
             raise ValueError("pass pixel_values or mm_encoder_outputs, not both")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            block_ids = input_ids
-        else:
-            block_ids = self.block_token_ids_from_embeds(inputs_embeds)
+        block_ids = input_ids if inputs_embeds is None else self.block_token_ids_from_embeds(inputs_embeds)
         self._check_attention_mask(attention_mask, block_ids, cache)
         layout = self.block_layout(block_ids)
 
@@ -307,7 +350,9 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         if isinstance(image_features, (list, tuple)):
             image_features = torch.stack(list(image_features)) if image_features else None
         num_images = 0 if image_features is None else image_features.shape[0]
-        num_creation_blocks = self._check_layout(block_ids, layout, num_images)
+        num_creation_blocks = self._check_layout(block_ids, layout, num_images, ids_given=inputs_embeds is None)
+        if inputs_embeds is None:  # embedded only once the ids are known to be in range
+            inputs_embeds = self.get_input_embeddings()(input_ids)
 
         if image_features is not None:
             flat_features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds)
@@ -405,6 +450,17 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         null_ids = self.model.null_condition_ids()
         return self(input_ids=null_ids, use_cache=False, logits_to_keep=1, return_dict=True).condition_embeds
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """[`GenerationMixin.generate`], after the shape checks `forward` makes (generation indexes a batch dimension
+        before any forward, so a 1-D prompt would otherwise fail deep inside). Plain `generate` writes text only."""
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        inputs_embeds = kwargs.get("inputs_embeds")
+        if inputs_embeds is not None:
+            check_token_inputs(None, inputs_embeds)
+        elif isinstance(input_ids, torch.Tensor):
+            check_token_inputs(input_ids, None)
+        return super().generate(inputs, *args, **kwargs)
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
         self,
@@ -490,6 +546,9 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
+            expected = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+            if tuple(labels.shape) != tuple(expected):
+                raise ValueError(f"labels has shape {tuple(labels.shape)} but the input has {tuple(expected)}")
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )

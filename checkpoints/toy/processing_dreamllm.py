@@ -57,6 +57,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def check_unicode(text: str, where: str) -> None:
+    """Reject text that is not valid Unicode (a lone surrogate, as a bad JSON escape leaves), naming where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} holds a lone surrogate {text[error.start]!r} at character {error.start}: not valid Unicode text"
+        ) from None
+
+
 def check_messages(messages, where: str = "messages") -> None:
     """Reject a chat the Vicuna template cannot render faithfully, naming the message and the problem: an optional
     first `system` message, then `user` / `assistant` turns, each with `content` (a string, or a list of `{"type":
@@ -79,6 +89,7 @@ def check_messages(messages, where: str = "messages") -> None:
                 "first 'system' message"
             )
         if isinstance(content, str):
+            check_unicode(content, f"{name}['content']")
             continue
         if not isinstance(content, (list, tuple)):
             raise TypeError(f"{name}['content'] must be a string or a list of items, got {type(content).__name__}")
@@ -89,6 +100,8 @@ def check_messages(messages, where: str = "messages") -> None:
                     f"{name}['content'][{position}] = {item!r:.80} is not a content item: expected "
                     "{'type': 'text', 'text': str}, {'type': 'image'} or {'type': 'dream'}"
                 )
+            if kind == "text":
+                check_unicode(item["text"], f"{name}['content'][{position}]['text']")
             if role == "system" and kind != "text":
                 raise ValueError(f"{name} is a system message with a {kind!r} item: system messages hold text only")
 
@@ -361,6 +374,10 @@ class DreamLLMProcessor(ProcessorMixin):
             return_assistant_tokens_mask=True,
         )
         learned = [bool(flag) for flag in encoded["assistant_masks"]]
+        if not any(learned):
+            raise ValueError(
+                "messages has nothing to learn: no assistant reply holds a token (training learns the assistant turns)"
+            )
         return self._encode_batch(
             [encoded["input_ids"]], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
         )
@@ -376,6 +393,7 @@ class DreamLLMProcessor(ProcessorMixin):
         for index, doc in enumerate(texts):
             if not isinstance(doc, str):
                 raise TypeError(f"text[{index}] is a {type(doc).__name__}, not a string")
+            check_unicode(doc, f"text[{index}]")
         return list(texts)
 
     def _placeholders(self, ids: list[int]) -> list[str]:
