@@ -5,7 +5,7 @@
     python -m train --stage igpt --model_name_or_path runs/alignment --output_dir runs/igpt \
         --data mmc4_core.jsonl --data blip_laion/:0.5
     python -m train --stage sft  --model_name_or_path runs/igpt --output_dir runs/sft --data llava_v1_5_665k.json \
-        --data mmc4_instruct.jsonl --lora_r 16                      # optional LoRA, merged at save
+        --data mmc4_instruct.jsonl --lora_r 16                      # optional LoRA: a PEFT adapter (train.adapters)
     accelerate launch --config_file train/accelerate_configs/fsdp2.yaml -m train --stage igpt ...
     python -m train --recipe train/recipes/dreamllm-7b/igpt.yaml --data_root /data [--print_config]  # docs/recipes.md
 
@@ -193,6 +193,14 @@ class DreamLLMArguments:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model (0: full fine-tuning)"})
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 * lora_r"})
     lora_dropout: float = field(default=0.05)
+    save_merged: bool = field(
+        default=False, metadata={"help": "LoRA runs: save plain folders with the adapters merged in (default: PEFT "
+                                 "adapters; `python -m train merge --adapter DIR --output DIR` merges one later)"}
+    )
+    base_model_id: str | None = field(
+        default=None, metadata={"help": "LoRA runs: the base model the adapter names in its config and card (a Hub "
+                                        "id; default: the absolute path of --model_name_or_path)"}
+    )
 
 
 # Settings that need the hardware at parse time; `--print_config` shows them as asked without checking it.
@@ -308,7 +316,8 @@ def new_token_ids(config) -> list[int]:
 def apply_lora(model, r: int, alpha: int | None = None, dropout: float = 0.05, train_modules=()) -> PeftModel:
     """LoRA adapters on `model.model.language_model` (PEFT); `train_modules` (sub-modules of `model.model`: the
     projectors and `dream_queries`) train in full, and the new tokens' rows of `embed_tokens` and `lm_head` through
-    PEFT's trainable tokens. Saves merge the adapters into a plain folder (`train.trainer.merged_state_dict`)."""
+    PEFT's trainable tokens. Saves write the adapter (`train.adapters`), or with `--save_merged` a plain folder
+    (`train.trainer.merged_state_dict`)."""
     token_ids = new_token_ids(model.config)
     config = LoraConfig(
         r=r,
@@ -463,6 +472,8 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         lm_loss_weight=lm_loss_weight,
         diffusion_loss_weight=diffusion_loss_weight,
         condition_drop_prob=script_args.condition_drop_prob,
+        save_merged=script_args.save_merged,
+        adapter_base_model=script_args.base_model_id,
     )
 
 

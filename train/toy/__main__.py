@@ -8,6 +8,7 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy probe runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
     python -m train.toy probe runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # its conditions vs the text tower's
     python -m train.toy binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
+    python -m train.toy preferences --output runs/toy/preferences --num 2000   # DPO pairs (python -m train dpo)
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
 `DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt`, `DIR/scores.json` and `DIR/run.json` (seed, scale, seconds).
@@ -60,6 +61,18 @@ def main(argv: list[str] | None = None) -> None:
             from pipeline_dreamllm import DreamLLMPipeline
 
             print(comparison_table(condition_comparison(pipeline, DreamLLMPipeline.from_pretrained(args.dreamllm))))
+        return
+    if argv[:1] == ["preferences"]:
+        parser = argparse.ArgumentParser(prog="python -m train.toy preferences", description="question, right "
+                                         "answer, wrong colour or shape: a preference dataset for python -m train dpo")
+        parser.add_argument("--output", required=True, type=Path)
+        parser.add_argument("--num", type=int, default=2000)
+        parser.add_argument("--seed", type=int, default=None)
+        args = parser.parse_args(argv[1:])
+        from train.toy.preferences import PREFERENCE_SEED, write_preferences
+
+        seed = PREFERENCE_SEED if args.seed is None else args.seed
+        print(f"{args.num} preference pairs written to {write_preferences(args.output, args.num, seed)}")
         return
     if argv[:1] == ["binding"]:
         parser = argparse.ArgumentParser(prog="python -m train.toy binding", description="train a fresh world-sized "
