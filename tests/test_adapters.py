@@ -1,21 +1,22 @@
 """LoRA runs as PEFT adapters: what a run writes, resuming, merging, the card, and loading an adapter onto its base
 folder through PEFT, transformers and the pipeline from a fresh process."""
 
+import importlib.util
 import json
 import shutil
-from pathlib import Path
+import sys
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import run_isolated
+from tests.conftest import REPO_ROOT, run_isolated
 from train.adapters import main as adapters_main
 from train.adapters import merge_adapter, upload_folder_for
 from train.data.example_files import write_example_sources
 from train.errors import InputError
-from train.stages import load_model, main
+from train.stages import load_model, main, new_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -234,3 +235,24 @@ def test_the_pipeline_generates_with_an_adapter_as_with_the_merged_folder(lora_r
         print("ok")
     """
     assert run_isolated(script, cwd=root).strip().endswith("ok")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_adapter_sizes_are_the_saved_files_and_agree_with_the_memory_table(tiny_folder):
+    sizes, memory_table = load_script("adapter_sizes"), load_script("memory_table")
+    params, size = sizes.measured(tiny_folder, sizes.sft_adapter, 4)
+    assert params * 4 < size < params * 4 + 64_000  # fp32 tensors plus the safetensors header
+    model = load_model(tiny_folder)
+    projectors = sum(p.numel() for name in ("vision_projector", "dream_queries", "condition_projector")
+                     for p in getattr(model.model, name).parameters())
+    assert params == memory_table.lora_parameters(model, 4) + projectors
+    dpo_params, _ = sizes.measured(tiny_folder, sizes.dpo_adapter, 4)
+    token_rows = 2 * len(new_token_ids(model.config)) * model.config.text_config.hidden_size
+    assert dpo_params == memory_table.lora_parameters(model, 4) - token_rows  # LoRA only
