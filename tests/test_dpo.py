@@ -3,6 +3,7 @@ back onto the base folder."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -94,3 +95,23 @@ def test_a_short_dpo_run_lowers_its_loss_and_its_adapter_loads(tiny_folder, tmp_
     margin_before = (before[:8] - before[8:]).mean()
     margin_after = (after[:8] - after[8:]).mean()
     assert margin_after > margin_before + 0.2  # chosen replies gained on rejected ones (0.4 nats here)
+
+
+def test_dpo_resumes_from_an_adapter_checkpoint_on_the_same_curve(tiny_folder, tmp_path):
+    data = write_preferences(tmp_path / "pairs", 16, seed=5)
+
+    def run(output, *extra):
+        return main(["--model_name_or_path", str(tiny_folder), "--output_dir", str(output), "--data", str(data),
+                     "--lora_r", "4", "--learning_rate", "2e-2", "--max_steps", "4", "--per_device_train_batch_size",
+                     "4", "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "true", "--seed", "0",
+                     *extra])
+
+    full = run(tmp_path / "full")
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", "last")
+    expected = [entry["loss"] for entry in full.state.log_history if "loss" in entry and entry["step"] > 2]
+    got = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry and entry["step"] > 2]
+    assert len(got) == len(expected) == 2 and got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    with pytest.raises(InputError, match="holds another run"):
+        run(tmp_path / "full")

@@ -39,6 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
 from processing_dreamllm import IGNORE_INDEX
+from train.adapters import ADAPTER_WEIGHTS_NAME, is_adapter_folder, save_adapter
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.checkpoints import check_resumable, weight_names
@@ -47,7 +48,6 @@ from train.data.encoding import COUNT_KEYS
 from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
-from train.adapters import ADAPTER_WEIGHTS_NAME, is_adapter_folder, save_adapter
 
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs saved merged: the adapter, for resuming; the root holds the plain model
