@@ -16,7 +16,7 @@ from train.adapters import main as adapters_main
 from train.adapters import merge_adapter, upload_folder_for
 from train.data.example_files import write_example_sources
 from train.errors import InputError
-from train.stages import load_model, main, new_token_ids
+from train.stages import check_output_dir, load_model, main, new_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -129,10 +129,13 @@ def test_the_upload_folder_names_the_base_model_in_config_and_card(lora_run, tmp
         upload_folder_for(tmp_path / "upload" / "missing", tmp_path / "other", base_model="x/y")
 
 
-def test_adapters_load_and_switch_through_peft_and_transformers_in_a_fresh_process(lora_run, tiny_folder):
+def test_adapters_load_switch_and_generate_through_peft_transformers_and_the_pipeline_in_a_fresh_process(
+    lora_run, tiny_folder
+):
     root, _ = lora_run
     script = f"""
         import torch, peft
+        torch.set_num_threads(1)
         from packaging.version import Version
         from peft import PeftModel
         from peft.functional import set_adapter
@@ -186,20 +189,12 @@ def test_adapters_load_and_switch_through_peft_and_transformers_in_a_fresh_proce
 
         # transformers reads the base from the adapter config
         torch.testing.assert_close(logits(load(root + "/run")), expected["logits"], rtol=1e-4, atol=1e-4)
-        print("ok")
-    """
-    assert run_isolated(script, cwd=root).strip().endswith("ok")
 
-
-def test_the_pipeline_generates_with_an_adapter_as_with_the_merged_folder(lora_run, tiny_folder):
-    root, _ = lora_run
-    script = f"""
-        import numpy as np, torch
+        # the pipeline: text-to-image and interleaved generation with the adapter, as with the merged folder
+        import numpy as np
         from diffusers import DiffusionPipeline
 
-        base_dir, root = {str(tiny_folder)!r}, {str(root)!r}
-
-        def load(path):
+        def load_pipe(path):
             pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
             pipe.set_progress_bar_config(disable=True)
             return pipe
@@ -223,15 +218,15 @@ def test_the_pipeline_generates_with_an_adapter_as_with_the_merged_folder(lora_r
             images = [np.asarray(s, dtype=np.float32) for s in out.segments if not isinstance(s, str)]
             return image, out.token_ids.tolist(), images
 
-        adapted = load(base_dir)
+        adapted = load_pipe(base_dir)
         adapted.llm.load_adapter(root + "/run")
         with_adapter = generate(adapted)
-        merged = generate(load(root + "/merged"))
-        plain = generate(load(base_dir))
+        merged = generate(load_pipe(root + "/merged"))
+        plain_out = generate(load_pipe(base_dir))
         np.testing.assert_allclose(with_adapter[0], merged[0], atol=1e-4)
         assert with_adapter[1] == merged[1] and len(with_adapter[2]) == len(merged[2]) == 1
         np.testing.assert_allclose(with_adapter[2][0], merged[2][0], atol=1.0)  # uint8 pictures: one level
-        assert np.abs(with_adapter[0] - plain[0]).max() > 1e-3  # the adapter changed the picture
+        assert np.abs(with_adapter[0] - plain_out[0]).max() > 1e-3  # the adapter changed the picture
         print("ok")
     """
     assert run_isolated(script, cwd=root).strip().endswith("ok")
@@ -256,3 +251,14 @@ def test_adapter_sizes_are_the_saved_files_and_agree_with_the_memory_table(tiny_
     dpo_params, _ = sizes.measured(tiny_folder, sizes.dpo_adapter, 4)
     token_rows = 2 * len(new_token_ids(model.config)) * model.config.text_config.hidden_size
     assert dpo_params == memory_table.lora_parameters(model, 4) - token_rows  # LoRA only
+
+
+def test_an_output_folder_holding_an_adapter_is_not_overwritten_unasked(lora_run, tmp_path):
+    root, _ = lora_run
+    held = tmp_path / "held"
+    held.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(root / "run" / name, held / name)
+    with pytest.raises(InputError, match="holds another run"):
+        check_output_dir(held, resume=False, overwrite=False)
+    check_output_dir(held, resume=False, overwrite=True)  # asked: replaced at the final save

@@ -58,6 +58,10 @@ def test_load_preferences_reads_jsonl_with_image_paths_and_names_bad_rows(tmp_pa
         load_preferences(tmp_path / "bad.jsonl")
     with pytest.raises(InputError, match="no such"):
         load_preferences(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="no such folder"):
+        main(["--model_name_or_path", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"), "--data",
+              str(tmp_path / "pairs.jsonl")])
+    assert not (tmp_path / "out").exists()
 
 
 def logps(model, batch):

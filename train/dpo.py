@@ -179,10 +179,12 @@ def dpo_lora_config(r: int, alpha: int | None = None, dropout: float = 0.0) -> L
 def build_dpo_trainer(script_args: DPOArguments, args: DPOConfig) -> DreamLLMDPOTrainer:
     """The model and processor from `script_args.model_name_or_path` (project classes), the preference data, and a
     `DPOTrainer` training a new LoRA adapter against the base model."""
+    from train.checkpoints import check_model_folder
     from train.stages import load_model, load_processor
 
     if not script_args.model_name_or_path or not script_args.data:
         raise InputError("--model_name_or_path and --data are required")
+    check_model_folder(script_args.model_name_or_path)
     folder = Path(script_args.model_name_or_path).resolve()
     dataset = load_preferences(script_args.data)
     processor = load_processor(folder)

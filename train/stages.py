@@ -48,6 +48,7 @@ from trl import SFTConfig, TrlParser
 from configuration_dreamllm import SPECIAL_TOKENS
 from modeling_dreamllm import DreamLLMForCausalLM
 from processing_dreamllm import DreamLLMProcessor
+from train.adapters import is_adapter_folder
 from train.assemble import register_auto_classes
 from train.checkpoints import check_model_folder
 from train.data import build_train_dataset
@@ -381,7 +382,7 @@ def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is_m
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir}: a file, not a folder")
     previous = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if output_dir.is_dir() else []
-    saved_model = (output_dir / "config.json").is_file()
+    saved_model = (output_dir / "config.json").is_file() or is_adapter_folder(output_dir)
     if not (previous or saved_model) or resume:
         return
     if not overwrite:
@@ -400,7 +401,7 @@ def resolve_resume(training_args: SFTConfig) -> str | None:
     if str(value).lower() in ("true", "last"):
         output_dir = Path(training_args.output_dir)
         last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
-        if last is None and (output_dir / "config.json").is_file():
+        if last is None and ((output_dir / "config.json").is_file() or is_adapter_folder(output_dir)):
             raise InputError(f"--resume_from_checkpoint {value}: {output_dir} holds a saved model but no checkpoint "
                              "to resume; pass --overwrite_output_dir true to replace it, or choose a new folder")
         if last is None:
