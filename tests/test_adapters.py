@@ -107,7 +107,8 @@ def test_resume_from_an_adapter_checkpoint_continues_the_same_curve(lora_run, ti
     expected = [entry["loss"] for entry in full.state.log_history if "loss" in entry and entry["step"] > 2]
     got = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry and entry["step"] > 2]
     assert len(got) == len(expected) == 1 and got == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    final, again = load_file(root / "run" / "adapter_model.safetensors"), load_file(resumed_dir / "adapter_model.safetensors")
+    final = load_file(root / "run" / "adapter_model.safetensors")
+    again = load_file(resumed_dir / "adapter_model.safetensors")
     assert final.keys() == again.keys()
     for key in final:
         torch.testing.assert_close(again[key], final[key], rtol=1e-5, atol=1e-6)
@@ -124,7 +125,8 @@ def test_the_upload_folder_names_the_base_model_in_config_and_card(lora_run, tmp
     card = ModelCard.load(staging / "README.md")
     assert card.data.base_model == "someone/dreamllm-7b" and "base_model:adapter:someone/dreamllm-7b" in card.data.tags
     assert "load_adapter" in card.text
-    assert (staging / "adapter_model.safetensors").read_bytes() == (root / "run" / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert (staging / weights).read_bytes() == (root / "run" / weights).read_bytes()
     with pytest.raises(InputError, match="no adapter_model.safetensors"):
         upload_folder_for(tmp_path / "upload" / "missing", tmp_path / "other", base_model="x/y")
 

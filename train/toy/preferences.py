@@ -2,7 +2,7 @@
 colour or shape as `rejected`, in the format TRL documents for vision-language preference data.
 
     rows = preference_pairs(200, seed=0)
-    rows[0]["prompt"]    # [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color ..."}]}]
+    rows[0]["prompt"]    # [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What ..."}]}]
     rows[0]["chosen"]    # [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
     rows[0]["rejected"]  # [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}]
     write_preferences("runs/toy/preferences", 2000)   # a saved `datasets` folder for `python -m train dpo --data`
