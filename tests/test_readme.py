@@ -85,5 +85,6 @@ def test_the_tour_runs_as_written_without_warnings(tmp_path):
     for command in commands:
         result = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (command, result.stderr[-3000:])
-    assert (tmp_path / "runs" / "tour-sft" / "config.json").exists()
+    assert (tmp_path / "runs" / "tour-sft" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "runs" / "tour-merged" / "config.json").exists()
     assert re.fullmatch(r"wrote .+/index\.html \(\d images?\)\n", result.stdout)

@@ -183,10 +183,10 @@ def test_losses_decrease_on_a_repeated_batch(tiny_folder, tmp_path):
     assert fixed_noise_diffusion_loss() < diffusion_before
 
 
-def test_lora_run_merges_into_a_plain_folder(tiny_folder, sources, tmp_path):
+def test_lora_run_saved_merged_is_a_plain_folder(tiny_folder, sources, tmp_path):
     output = tmp_path / "lora"
     trainer = main(stage_argv("sft", tiny_folder, output, [sources["llava"], sources["instructions"]],
-                              "--lora_r", "4", "--learning_rate", "1e-2"))
+                              "--lora_r", "4", "--learning_rate", "1e-2", "--save_merged", "true"))
     state = weights(output)
     assert not any("lora" in key or "base_layer" in key or "modules_to_save" in key for key in state)
     assert not (output / "adapter_config.json").exists() and not (output / "adapter").exists()

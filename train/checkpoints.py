@@ -92,7 +92,8 @@ def check_resumable(
 ) -> None:
     """Everything an exact resume from `checkpoint` reads is there and whole: the trainer state, the weights (with
     every tensor of `expected`), the optimizer and scheduler state (`optimizer_files`; DeepSpeed and FSDP keep
-    their own), this process's RNG state and, for LoRA runs, the adapter. All problems are named at once."""
+    their own), this process's RNG state and, for LoRA runs, the adapter (the checkpoint itself, or its `adapter/`
+    beside merged weights). All problems are named at once."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise InputError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder")
@@ -103,15 +104,16 @@ def check_resumable(
         problems.append(f"{TRAINER_STATE_NAME} is missing")
     except (ValueError, OSError) as error:
         problems.append(f"{TRAINER_STATE_NAME} is damaged ({error})")
+    adapter_only = adapter and (checkpoint / "adapter_config.json").is_file()
     try:
-        missing = sorted((expected or set()) - weight_names(checkpoint))
+        missing = [] if adapter_only else sorted((expected or set()) - weight_names(checkpoint))
         if missing:
             problems.append(f"its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...)")
     except InputError as error:
         problems.append(str(error))
     if adapter:
         try:
-            safetensors_names(checkpoint / "adapter" / "adapter_model.safetensors")
+            safetensors_names(checkpoint / ("" if adapter_only else "adapter") / "adapter_model.safetensors")
         except InputError as error:
             problems.append(str(error))
     names = ["optimizer.pt", "scheduler.pt"] if optimizer_files else []

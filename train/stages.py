@@ -5,7 +5,7 @@
     python -m train --stage igpt --model_name_or_path runs/alignment --output_dir runs/igpt \
         --data mmc4_core.jsonl --data blip_laion/:0.5
     python -m train --stage sft  --model_name_or_path runs/igpt --output_dir runs/sft --data llava_v1_5_665k.json \
-        --data mmc4_instruct.jsonl --lora_r 16                      # optional LoRA, merged at save
+        --data mmc4_instruct.jsonl --lora_r 16                      # optional LoRA: a PEFT adapter (train.adapters)
     accelerate launch --config_file train/accelerate_configs/fsdp2.yaml -m train --stage igpt ...
     python -m train --recipe train/recipes/dreamllm-7b/igpt.yaml --data_root /data [--print_config]  # docs/recipes.md
 
@@ -48,6 +48,7 @@ from trl import SFTConfig, TrlParser
 from configuration_dreamllm import SPECIAL_TOKENS
 from modeling_dreamllm import DreamLLMForCausalLM
 from processing_dreamllm import DreamLLMProcessor
+from train.adapters import is_adapter_folder
 from train.assemble import register_auto_classes
 from train.checkpoints import check_model_folder
 from train.data import build_train_dataset
@@ -193,6 +194,14 @@ class DreamLLMArguments:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the language model (0: full fine-tuning)"})
     lora_alpha: int | None = field(default=None, metadata={"help": "default: 2 * lora_r"})
     lora_dropout: float = field(default=0.05)
+    save_merged: bool = field(
+        default=False, metadata={"help": "LoRA runs: save plain folders with the adapters merged in (default: PEFT "
+                                 "adapters; `python -m train merge --adapter DIR --output DIR` merges one later)"}
+    )
+    base_model_id: str | None = field(
+        default=None, metadata={"help": "LoRA runs: the base model the adapter names in its config and card (a Hub "
+                                        "id; default: the absolute path of --model_name_or_path)"}
+    )
 
 
 # Settings that need the hardware at parse time; `--print_config` shows them as asked without checking it.
@@ -308,7 +317,8 @@ def new_token_ids(config) -> list[int]:
 def apply_lora(model, r: int, alpha: int | None = None, dropout: float = 0.05, train_modules=()) -> PeftModel:
     """LoRA adapters on `model.model.language_model` (PEFT); `train_modules` (sub-modules of `model.model`: the
     projectors and `dream_queries`) train in full, and the new tokens' rows of `embed_tokens` and `lm_head` through
-    PEFT's trainable tokens. Saves merge the adapters into a plain folder (`train.trainer.merged_state_dict`)."""
+    PEFT's trainable tokens. Saves write the adapter (`train.adapters`), or with `--save_merged` a plain folder
+    (`train.trainer.merged_state_dict`)."""
     token_ids = new_token_ids(model.config)
     config = LoraConfig(
         r=r,
@@ -372,7 +382,7 @@ def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, is_m
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir}: a file, not a folder")
     previous = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if output_dir.is_dir() else []
-    saved_model = (output_dir / "config.json").is_file()
+    saved_model = (output_dir / "config.json").is_file() or is_adapter_folder(output_dir)
     if not (previous or saved_model) or resume:
         return
     if not overwrite:
@@ -391,7 +401,7 @@ def resolve_resume(training_args: SFTConfig) -> str | None:
     if str(value).lower() in ("true", "last"):
         output_dir = Path(training_args.output_dir)
         last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
-        if last is None and (output_dir / "config.json").is_file():
+        if last is None and ((output_dir / "config.json").is_file() or is_adapter_folder(output_dir)):
             raise InputError(f"--resume_from_checkpoint {value}: {output_dir} holds a saved model but no checkpoint "
                              "to resume; pass --overwrite_output_dir true to replace it, or choose a new folder")
         if last is None:
@@ -463,6 +473,8 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         lm_loss_weight=lm_loss_weight,
         diffusion_loss_weight=diffusion_loss_weight,
         condition_drop_prob=script_args.condition_drop_prob,
+        save_merged=script_args.save_merged,
+        adapter_base_model=script_args.base_model_id,
     )
 
 

@@ -13,8 +13,10 @@ the data counters (`data/skipped_*`: records skipped, per reason, since the star
 
 Every folder the trainer writes (`checkpoint-N` and the final model) has the layout of `train.assemble`: the
 model and processor with their code files, the frozen decoder's `unet/`, `vae/`, `scheduler/`, and the pipeline
-index when `pipeline_dreamllm` is available. LoRA runs are saved merged, as plain folders. Folders are written
-aside and renamed into place: complete or absent.
+index when `pipeline_dreamllm` is available. LoRA runs save PEFT adapters (`train.adapters`: adapter files, card
+and processor, onto the folder the run started from), or, with `save_merged=True`, plain folders with the adapters
+merged in (the adapter beside them in `adapter/`, for resuming). Folders are written aside and renamed into place:
+complete or absent.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
 from processing_dreamllm import IGNORE_INDEX
+from train.adapters import ADAPTER_WEIGHTS_NAME, is_adapter_folder, save_adapter
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.checkpoints import check_resumable, weight_names
@@ -47,7 +50,7 @@ from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
 
 TRAINER_STATE_NAME = "trainer_state.json"
-ADAPTER_SUBFOLDER = "adapter"  # LoRA runs: the adapter, for resuming; the root holds the merged plain model
+ADAPTER_SUBFOLDER = "adapter"  # LoRA runs saved merged: the adapter, for resuming; the root holds the plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
 # A batch's rows run in one forward pass per length bucket (a bucket ends where rows are at most this share of its
 # longest): short Q&A samples batched with long interleaved documents then skip the documents' padding.
@@ -73,6 +76,12 @@ def carried_into_final(name: str) -> bool:
     of interrupted saves (the new model brings its own files; checkpoints and logs stay)."""
     weights = name.endswith((".safetensors", ".safetensors.index.json")) or name.startswith("pytorch_model")
     return not (weights or name == ADAPTER_SUBFOLDER or name.endswith((".staging", ".old")))
+
+
+def carried_into_adapter(name: str) -> bool:
+    """Entries of an output folder that a LoRA run's final adapter keeps: checkpoints and logs only (an older
+    model's files would make the adapter folder look like a whole model)."""
+    return name.startswith(PREFIX_CHECKPOINT_DIR) or name == "runs"
 
 
 # ---------------------------------------------------------------------------------------------------- LoRA merge
@@ -157,6 +166,8 @@ class DreamLLMTrainer(SFTTrainer):
         diffusion_loss: the frozen decoder's loss; it is moved to the training device, outside the optimizer.
         decoder_folder: where `unet/`, `vae/`, `scheduler/` are copied from into every saved folder.
         lm_loss_weight, diffusion_loss_weight, condition_drop_prob: default to the model config's values.
+        save_merged: LoRA runs only: save plain folders with the adapters merged in instead of adapters.
+        adapter_base_model: the base model an adapter names (default: `decoder_folder`, as an absolute path).
     """
 
     # Both loss terms are means over one micro-batch: the Trainer divides by the accumulation steps.
@@ -174,6 +185,8 @@ class DreamLLMTrainer(SFTTrainer):
         lm_loss_weight: float | None = None,
         diffusion_loss_weight: float | None = None,
         condition_drop_prob: float | None = None,
+        save_merged: bool = False,
+        adapter_base_model: str | None = None,
         **kwargs,
     ):
         args.remove_unused_columns = False
@@ -193,6 +206,8 @@ class DreamLLMTrainer(SFTTrainer):
         self.diffusion_loss_weight = pick(diffusion_loss_weight, config.diffusion_loss_weight)
         self.condition_drop_prob = pick(condition_drop_prob, config.condition_drop_prob)
         self.decoder_folder = Path(decoder_folder)
+        self.save_merged = save_merged
+        self.adapter_base_model = adapter_base_model or str(self.decoder_folder.resolve())
         self.diffusion_loss = diffusion_loss.to(self.args.device)
         if args.activation_checkpointing:
             self.diffusion_loss.enable_gradient_checkpointing()
@@ -326,14 +341,21 @@ class DreamLLMTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save a plain DreamLLM folder (LoRA merged in) with the decoder and pipeline files."""
+        """Save a plain DreamLLM folder with the decoder and pipeline files, or a LoRA run's adapter."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self._is_peft() and not self.save_merged:
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                save_adapter(self._unwrapped(), output_dir, self.adapter_base_model)
+                self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            return
         if self._is_peft():
             if self.args.should_save:
                 peft_model = self._unwrapped()
                 os.makedirs(output_dir, exist_ok=True)
                 peft_model.get_base_model().save_pretrained(output_dir, state_dict=merged_state_dict(peft_model))
-                peft_model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER))
+                save_adapter(peft_model, os.path.join(output_dir, ADAPTER_SUBFOLDER), self.adapter_base_model)
                 self.processing_class.save_pretrained(output_dir)
                 torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         else:
@@ -382,9 +404,9 @@ class DreamLLMTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
 
     def save_final(self, output_dir: str | None = None) -> str:
-        """Save the trained model as a complete, plain DreamLLM folder at `output_dir` (default `args.output_dir`,
-        which may already hold checkpoints): written into a staging sibling, which then replaces `output_dir` whole,
-        keeping its checkpoints and logs (`train.folders.publish_folder`)."""
+        """Save the trained model as a complete, plain DreamLLM folder (a LoRA run: its adapter folder) at
+        `output_dir` (default `args.output_dir`, which may already hold checkpoints): written into a staging sibling,
+        which then replaces `output_dir` whole, keeping its checkpoints and logs (`train.folders.publish_folder`)."""
         output_dir = output_dir or self.args.output_dir
         staging = staging_path(output_dir)
         if self.args.should_save:
@@ -394,12 +416,13 @@ class DreamLLMTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             shutil.rmtree(staging / ADAPTER_SUBFOLDER, ignore_errors=True)  # only for resuming
-            publish_folder(staging, output_dir, carry=carried_into_final)
+            adapter = self._is_peft() and not self.save_merged
+            publish_folder(staging, output_dir, carry=carried_into_adapter if adapter else carried_into_final)
         self.accelerator.wait_for_everyone()
         return output_dir
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # LoRA checkpoints hold the merged model at the root; training resumes from the adapter beside it.
+        # LoRA checkpoints hold the adapter, at the root or (saved merged) in `adapter/` beside the plain model.
         target = model if model is not None else self.model
         # Everything the resume reads is checked first: a missing or cut-short file is named, not half-loaded.
         world = self.args.world_size
@@ -415,7 +438,10 @@ class DreamLLMTrainer(SFTTrainer):
             adapter=isinstance(self._unwrapped(target), PeftModel),
         )
         if isinstance(self._unwrapped(target), PeftModel):
-            weights = load_file(os.path.join(resume_from_checkpoint, ADAPTER_SUBFOLDER, "adapter_model.safetensors"))
+            folder = resume_from_checkpoint
+            if not is_adapter_folder(folder):
+                folder = os.path.join(resume_from_checkpoint, ADAPTER_SUBFOLDER)
+            weights = load_file(os.path.join(folder, ADAPTER_WEIGHTS_NAME))
             set_peft_model_state_dict(self._unwrapped(target), weights)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)

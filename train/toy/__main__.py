@@ -5,6 +5,7 @@ DreamLLM stages with the project's trainer, and a held-out evaluation.
     python -m train.toy --output runs/toy --scale 0.05    # a quick smoke run of the same code paths
     python -m train.toy evaluate checkpoints/toy          # the accuracy table of any DreamLLM folder
     python -m train.toy synergy --run runs/toy            # joint vs comprehension-only vs creation-only, 2 seeds
+    python -m train.toy preferences --output runs/toy/preferences --num 2000   # DPO pairs (python -m train dpo)
 
 The run writes `DIR/stage0/`, `DIR/data/`, `DIR/assembled/`, one folder per stage (`DIR/sft` is the final model),
 `DIR/losses.json`, `DIR/losses.png`, `DIR/scores.txt`, `DIR/scores.json` and `DIR/run.json` (seed, scale, seconds).
@@ -39,10 +40,22 @@ def main(argv: list[str] | None = None) -> None:
 
         print(run_synergy(args.run, tuple(args.seeds), args.scale, quick=args.quick))
         return
+    if argv[:1] == ["preferences"]:
+        parser = argparse.ArgumentParser(prog="python -m train.toy preferences", description="question, right "
+                                         "answer, wrong colour or shape: a preference dataset for python -m train dpo")
+        parser.add_argument("--output", required=True, type=Path)
+        parser.add_argument("--num", type=int, default=2000)
+        parser.add_argument("--seed", type=int, default=None)
+        args = parser.parse_args(argv[1:])
+        from train.toy.preferences import PREFERENCE_SEED, write_preferences
+
+        seed = PREFERENCE_SEED if args.seed is None else args.seed
+        print(f"{args.num} preference pairs written to {write_preferences(args.output, args.num, seed)}")
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (and data size; below 0.1, batch sizes too, for smoke runs)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count and data size (below 0.1, batch sizes too: smoke runs)")
     parser.add_argument("--stage0", type=Path, default=None, help="reuse a stage-0 folder instead of training one")
     args = parser.parse_args(argv)
     from train.toy.recipe import run
