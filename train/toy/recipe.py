@@ -88,7 +88,8 @@ def run_stage(
     argv = [
         "--stage", stage, "--model_name_or_path", str(model), "--output_dir", str(output),
         "--max_steps", str(max(2, round(plan.steps * scale))), "--learning_rate", str(plan.learning_rate),
-        "--per_device_train_batch_size", str(scaled_batch(plan.batch_size, scale)), "--logging_steps", "5", "--save_strategy", "no",
+        "--per_device_train_batch_size", str(scaled_batch(plan.batch_size, scale)), "--logging_steps", "5",
+        "--save_strategy", "no",
         "--seed", str(seed), "--dataloader_num_workers", "0", "--warmup_steps", "0.05",
         "--activation_checkpointing", "false", "--creation_prob", str(plan.creation_prob),
         "--snr_gamma", str(SNR_GAMMA), "--noise_samples_per_image", str(plan.noise_samples_per_image),

@@ -11,12 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
-from transformers.image_utils import PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from .stage0_common import (
     CLIP_MAX_LENGTH,
-    CLIP_MEAN,
-    CLIP_STD,
     build_clip_tokenizer,
     clip_input_ids,
     clip_normalize,
@@ -79,8 +77,8 @@ def image_processor() -> CLIPImageProcessorPil:
         size={"shortest_edge": 64},
         crop_size={"height": 64, "width": 64},
         resample=PILImageResampling.BICUBIC,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
     )
 
 

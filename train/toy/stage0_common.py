@@ -3,7 +3,6 @@ counts, learning-rate schedules and the training-loop progress bar."""
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -13,13 +12,12 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, get_cosine_with_min_lr_schedule_with_warmup
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .world import WORLD_WORDS, Scene, render
 
 CLIP_MAX_LENGTH = 32  # longest caption: 13 words + start/end; room for short sentences too
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, the CLIPImageProcessor defaults
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizers
@@ -90,8 +88,8 @@ def render_batch(scenes: Sequence[Scene]) -> torch.Tensor:
 
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
     """[0, 1] pixels as CLIPImageProcessor (size 64, crop 64) makes them: only the mean/std normalisation."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 
@@ -114,16 +112,9 @@ def scaled_batch(batch: int, scale: float) -> int:
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine decay to 10% of the peak rate."""
+    """Linear warmup (at most a tenth of the run), then cosine decay to 10% of the peak rate."""
     warmup = max(1, min(warmup, total // 10))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=0.1)
 
 
 def progress(total: int, desc: str) -> Iterator[tuple[int, tqdm]]:
@@ -144,23 +135,3 @@ def timed(log: dict, key: str):
     start = time.perf_counter()
     yield
     log[key] = round(time.perf_counter() - start, 1)
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (decay warms up so early steps are not frozen in)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, value in model.state_dict().items():
-            if name in self.shadow:
-                self.shadow[name].lerp_(value, 1 - decay)
-
-    def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict(self.shadow, strict=False)

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from train.diffusion_loss import min_snr_weights
 
 from .judge import judge, score_caption
-from .stage0_common import EMA, clip_input_ids, progress, render_batch, scaled, scaled_batch, smooth, warmup_cosine
+from .stage0_common import clip_input_ids, progress, render_batch, scaled, scaled_batch, smooth, warmup_cosine
 from .world import as_rng, caption, sample_scene
 
 VAE_STEPS = 500
@@ -204,7 +205,7 @@ def train_unet(
     empty = encode_text(text_encoder, tokenizer, [""])
     torch.manual_seed(seed)
     unet = build_unet(text_encoder.config.hidden_size, latents.shape[-1]).train()
-    ema = EMA(unet, UNET_EMA)
+    ema = EMAModel(unet.parameters(), decay=UNET_EMA)  # decay warms up: (1 + n) / (10 + n) until UNET_EMA
     scheduler = build_scheduler()
     # Min-SNR-gamma weights: nearly clean steps, whose epsilon loss is all fine detail, count less; colour, shape and
     # layout are decided at the noisier steps and converge several times faster.
@@ -227,10 +228,10 @@ def train_unet(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(unet)
+        ema.step(unet.parameters())
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    ema.copy_to(unet)
+    ema.copy_to(unet.parameters())
     log["unet_loss"] = smooth(losses, max(1, steps // 50))
     log["unet_final_loss"] = float(np.mean(losses[-50:]))
     return unet.eval()
