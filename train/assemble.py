@@ -39,7 +39,7 @@ from transformers.image_utils import PILImageResampling
 
 from configuration_dreamllm import SPECIAL_TOKENS, VISION_FEATURE_SELECT_STRATEGIES, VISION_TOWER_CLS_TOKENS, DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
-from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor, starts_with_bos
+from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from train.folders import staged_folder
 
 # The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
@@ -179,9 +179,9 @@ def assemble(
 
     text_config = language_model.config
     text_config.pad_token_id = tokenizer.pad_token_id
-    # The id every document starts with (None when the tokenizer adds none, as Qwen2's): the model's null
-    # condition and the processor's documents then agree.
-    text_config.bos_token_id = tokenizer.bos_token_id if starts_with_bos(tokenizer) else None
+    # The id every document starts with, None for a tokenizer without BOS (Qwen2's config names one its tokenizer
+    # never writes): the model's null condition and the processor's documents then agree.
+    text_config.bos_token_id = tokenizer.bos_token_id
     text_config._name_or_path = vision_tower.config._name_or_path = ""  # the parts' local folders stay local
     tokenizer.model_max_length = text_config.max_position_embeddings
     config = DreamLLMConfig(

@@ -205,6 +205,11 @@ class DreamLLMTrainer(SFTTrainer):
         super().create_accelerator_and_postprocess()
         if enable_fsdp_on_cpu(self.accelerator):  # an FSDP launch on CPU processes (see train.cpu_fsdp)
             self.is_fsdp_enabled = True
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin is not None and not plugin.transformer_cls_names_to_wrap:
+            # The units FSDP shards are the decoder layers of the LLM actually loaded (LlamaDecoderLayer,
+            # Qwen2DecoderLayer, ...), unless the launch config names its own.
+            plugin.transformer_cls_names_to_wrap = self._dreamllm().model.fsdp_wrap_classes
 
     def same_graph_on_every_rank(self) -> bool:
         """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as

@@ -352,7 +352,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
 
     def null_condition_ids(self, device: torch.device | None = None) -> torch.LongTensor:
         """`[<s>, <dream_start>, <im_patch> x Q, <dream_end>]`: the empty prompt's creation block, shape `(1, Q+3)`;
-        without the `<s>` (shape `(1, Q+2)`) for an LLM whose tokenizer starts no sequence with one (the text config's
+        without the `<s>` (shape `(1, Q+2)`) for an LLM whose tokenizer has no BOS token (the text config's
         `bos_token_id` is None, as `train.assemble` writes it for Qwen2)."""
         config = self.config
         bos = config.text_config.bos_token_id

@@ -60,20 +60,6 @@ CHAT_TEMPLATE = (
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
-def starts_with_bos(tokenizer) -> bool:
-    """Whether `tokenizer` begins every sequence with its BOS token (LLaMA, Mistral), unlike Qwen2's, which has none.
-
-    Example:
-
-    ```python
-    >>> starts_with_bos(AutoTokenizer.from_pretrained("Qwen/Qwen2.5-7B-Instruct"))
-    False
-    ```
-    """
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-
-
 def flatten_content(messages: list[dict]) -> list[dict]:
     """The messages with list content written as one string (`{"type": "image"}` -> `<image>\n`, `{"type": "dream"}`
     -> `<dream>`), for an LLM's own chat template, which renders string content only."""
@@ -221,8 +207,8 @@ class DreamLLMProcessor(ProcessorMixin):
     `num_dream_queries` x `<im_patch>` + `<dream_end>`, followed by the image's comprehension block when its pixels
     are given. `images` are consumed in document order, one per placeholder; trailing `<dream>`s may come without one.
 
-    Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)`, after `<s>` when the tokenizer starts its
-    sequences with a BOS token and the text does not already: none for Qwen2), so the ids of a chat rendered with
+    Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)`, after the tokenizer's BOS token unless the
+    text already starts with it; a tokenizer without one, as Qwen2's, gets none), so the ids of a chat rendered with
     `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
     (`encode_conversation`). The chat template is the release's Vicuna one (`CHAT_TEMPLATE`) or the LLM's own
     (ChatML for Qwen2, `[INST]` for Mistral). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_start>`, `<dream_end>`)
@@ -259,8 +245,8 @@ class DreamLLMProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template)
         ids = tokenizer.convert_tokens_to_ids
         self.pad_token_id = tokenizer.pad_token_id
-        # The id documents start with, None when the tokenizer adds none (Qwen2): never assumed.
-        self.bos_token_id = tokenizer.bos_token_id if starts_with_bos(tokenizer) else None
+        # Documents start with the tokenizer's BOS token; a tokenizer without one (Qwen2) gets none.
+        self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
         self.image_token_id = ids(IMAGE_PLACEHOLDER)
         self.dream_token_id = ids(DREAM_PLACEHOLDER)
@@ -300,7 +286,7 @@ class DreamLLMProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------------- blocks
     @property
     def prefix_ids(self) -> list[int]:
-        """`[<s>]` where the tokenizer starts sequences with a BOS token, `[]` otherwise (Qwen2)."""
+        """`[<s>]`: the tokenizer's BOS token, or `[]` for a tokenizer without one (Qwen2)."""
         return [] if self.bos_token_id is None else [self.bos_token_id]
 
     def image_block(self) -> list[int]:
@@ -618,6 +604,5 @@ __all__ = [
     "DREAM_PLACEHOLDER",
     "check_messages",
     "flatten_content",
-    "starts_with_bos",
     "to_rgb_image",
 ]
