@@ -184,8 +184,9 @@ class DreamLLMConfig(PreTrainedConfig):
                 f"vision_feature_select_strategy='default' drops a CLS token, but a {vision.model_type} tower has "
                 "none (it would drop a real patch): use 'full'"
             )
-        if vision.image_size % vision.patch_size:
-            raise ValueError(f"vision image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
+        # The patch convolution floors (SigLIP-so400m: 384 px / 14 = 27 patches a side), so only a grid of none fails.
+        if vision.image_size < vision.patch_size:
+            raise ValueError(f"vision image_size {vision.image_size} is smaller than patch_size {vision.patch_size}")
         ids = {name: getattr(self, name) for name in SPECIAL_TOKENS}
         for name, value in ids.items():
             if not 0 <= value < text.vocab_size:

@@ -60,7 +60,7 @@ def test_save_load_round_trip(tmp_path):
         (dict(vision_feature_select_strategy="cls"), "vision_feature_select_strategy='cls' is not one of"),
         (dict(vision_config={**TINY_VISION, "model_type": "siglip_vision_model"}), "tower has none"),
         (dict(vision_config={**TINY_VISION, "model_type": "siglip2_vision_model"}), "'siglip2_vision_model' is not supported"),
-        (dict(vision_config={**TINY_VISION, "image_size": 30}), "not a multiple of patch_size"),
+        (dict(vision_config={**TINY_VISION, "image_size": 4}), "image_size 4 is smaller than patch_size 8"),
     ],
 )
 def test_inconsistent_settings_raise_at_construction(overrides, message):
@@ -78,6 +78,7 @@ SIGLIP = {**TINY_VISION, "model_type": "siglip_vision_model"}
         (TINY_VISION, "full", -2, 17),  # CLIP with its CLS kept
         (SIGLIP, "full", -1, 16),  # SigLIP: no CLS token
         (SIGLIP, "full", [-3, -2], 16),  # layers concatenated on channels: the token count is unchanged
+        ({**SIGLIP, "image_size": 38}, "full", -2, 16),  # the patch convolution floors: 38 px / 8 = 4 a side
     ],
 )
 def test_image_token_count_follows_the_tower_and_the_strategy(tmp_path, vision, strategy, layer, tokens):
