@@ -204,3 +204,23 @@ def test_assemble_refuses_a_tower_it_cannot_read(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         assemble_main(["--preset", "tiny-random", "--llm", "gpt2", "--output", str(tmp_path / "out")])
+
+
+def test_lora_on_a_tied_llm_trains_the_new_rows_and_saves_one_matrix(tmp_path, data):
+    """Qwen2's tied head under LoRA: the merged folder holds the embedding once, the DreamLLM tokens' rows moved, and
+    the loaded model is tied again."""
+    folder = tmp_path / "qwen2"
+    assemble_main(["--preset", "tiny-random", "--llm", "qwen2", "--vision", "siglip", "--output", str(folder)])
+    output = tmp_path / "lora"
+    train_main(["--stage", "sft", "--model_name_or_path", str(folder), "--output_dir", str(output), "--data",
+                str(data[1]), "--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false",
+                "--activation_checkpointing", "false", "--save_steps", "100", "--disable_tqdm", "true", "--seed", "0",
+                "--report_to", "none", "--lora_r", "4", "--learning_rate", "1e-2"])
+    before, after = load_file(folder / "model.safetensors"), load_file(output / "model.safetensors")
+    assert set(before) == set(after) and "lm_head.weight" not in after
+    key = "model.language_model.embed_tokens.weight"
+    model = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
+    moved = (before[key] != after[key]).any(-1).nonzero().flatten().tolist()
+    assert moved and set(moved) <= set(model.config.special_token_ids)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    torch.testing.assert_close(model.lm_head.weight, after[key])

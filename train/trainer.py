@@ -104,7 +104,8 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     for key, value in base.state_dict().items():
         if not any(marker in key for marker in LORA_WRAPPER_MARKERS):
             state.setdefault(key, value)
-    return {key: value.detach().contiguous() for key, value in state.items()}
+    tied = getattr(base, "all_tied_weights_keys", None) or {}  # a tied head is its embedding: saved once, as plainly
+    return {key: value.detach().contiguous() for key, value in state.items() if key not in tied}
 
 
 @contextlib.contextmanager
