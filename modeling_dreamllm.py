@@ -394,11 +394,12 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        # With `config.tie_word_embeddings` (an LLM that ties, such as Qwen2), transformers shares the head with the
-        # input embedding of whichever LLM was built; the key is read from the module, never assumed.
-        embedding = self.model.language_model.get_input_embeddings()
-        embedding_name = next(name for name, module in self.model.language_model.named_modules() if module is embedding)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}.weight"}
+        if config.tie_word_embeddings:
+            # An LLM that ties (Qwen2): transformers shares the head with the input embedding of whichever LLM was
+            # built; the key is read from the module, never assumed.
+            embedding = self.model.language_model.get_input_embeddings()
+            name = next(name for name, module in self.model.language_model.named_modules() if module is embedding)
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
         # The text-only generation contract, written into generation_config.json by `save_pretrained`.
         self.generation_config.suppress_tokens = config.special_token_ids
