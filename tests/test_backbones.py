@@ -224,3 +224,20 @@ def test_lora_on_a_tied_llm_trains_the_new_rows_and_saves_one_matrix(tmp_path, d
     assert moved and set(moved) <= set(model.config.special_token_ids)
     assert model.lm_head.weight is model.get_input_embeddings().weight
     torch.testing.assert_close(model.lm_head.weight, after[key])
+
+
+def test_a_gathered_state_dict_of_a_tied_llm_is_saved_with_one_matrix(tmp_path):
+    """FSDP's full state dict names the tied head and the embedding both; the trainer saves the matrix once."""
+    from train.trainer import without_tied_copies
+
+    folder = tmp_path / "qwen2"
+    assemble_main(["--preset", "tiny-random", "--llm", "qwen2", "--vision", "clip", "--output", str(folder)])
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    gathered = model.state_dict()
+    assert "lm_head.weight" in gathered  # what FSDP's FULL_STATE_DICT hands to the save
+    kept = without_tied_copies(model, gathered)
+    assert set(gathered) - set(kept) == {"lm_head.weight"}
+    model.save_pretrained(tmp_path / "saved", state_dict=kept)
+    assert set(load_file(tmp_path / "saved" / "model.safetensors")) == set(load_file(folder / "model.safetensors"))
+    llama = AutoModelForCausalLM.from_pretrained(build_tiny_components(tmp_path / "parts")["llm"])
+    assert without_tied_copies(llama, llama.state_dict()).keys() == llama.state_dict().keys()  # untied: all kept

@@ -104,8 +104,14 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     for key, value in base.state_dict().items():
         if not any(marker in key for marker in LORA_WRAPPER_MARKERS):
             state.setdefault(key, value)
-    tied = getattr(base, "all_tied_weights_keys", None) or {}  # a tied head is its embedding: saved once, as plainly
-    return {key: value.detach().contiguous() for key, value in state.items() if key not in tied}
+    return without_tied_copies(base, {key: value.detach().contiguous() for key, value in state.items()})
+
+
+def without_tied_copies(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` without the weights tied to another (a tied LM head is its input embedding), which
+    `save_pretrained` leaves out of a model's own state dict but keeps in one it is handed (FSDP's gathered one)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {key: value for key, value in state_dict.items() if key not in tied}
 
 
 @contextlib.contextmanager
@@ -343,6 +349,8 @@ class DreamLLMTrainer(SFTTrainer):
                 self.processing_class.save_pretrained(output_dir)
                 torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         else:
+            if state_dict is not None:
+                state_dict = without_tied_copies(self._dreamllm(), state_dict)
             with own_class(self._unwrapped()):
                 super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
