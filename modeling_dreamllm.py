@@ -367,8 +367,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
 
 
 class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
-    """DreamLLM with its language-modelling head (tied to the input embedding when the LLM ties it): understanding (`generate`), the LM loss, and the
-    `condition_embeds` of every creation block for the diffusion decoder.
+    """DreamLLM with its language-modelling head (tied to the input embedding when the LLM ties it): understanding
+    (`generate`), the LM loss, and the `condition_embeds` of every creation block for the diffusion decoder.
 
     `generate` writes text only: the seven DreamLLM tokens (`<image> <im_patch> <im_start> <im_end> <dream>
     <dream_start> <dream_end>`) are in `generation_config.suppress_tokens` (saved with the model), so a plain

@@ -6,7 +6,7 @@ modules; activations are the bytes autograd saves for backward in a meta forward
 
     python benchmarks/memory_table.py                 # markdown table (docs/scaling.md)
     python benchmarks/memory_table.py --seq 1024 --micro_batch 2
-    python benchmarks/memory_table.py --backbone qwen2.5-7b-siglip   # Qwen2.5-7B-Instruct + SigLIP-so400m (docs/backbones.md)
+    python benchmarks/memory_table.py --backbone qwen2.5-7b-siglip   # Qwen2.5-7B-Instruct + SigLIP (docs/backbones.md)
 
 Bytes per parameter (bf16 mixed precision, AdamW, as `python -m train --bf16 true` runs):
 - trained: fp32 weight 4 + fp32 gradient 4 + AdamW moments 8 = 16 B (sharded /N under FSDP2 and ZeRO-3);

@@ -130,7 +130,8 @@ def test_two_igpt_steps_then_the_auto_classes_understand_and_create(trained):
 
     llm = LLM_FACTS[trained["llm"]]
     assert len(trained["losses"]) == 2 and all(np.isfinite(trained["losses"]).all(axis=1))
-    before, after = load_file(trained["assembled"] / "model.safetensors"), load_file(trained["trained"] / "model.safetensors")
+    before = load_file(trained["assembled"] / "model.safetensors")
+    after = load_file(trained["trained"] / "model.safetensors")
     assert set(before) == set(after)
     assert any(not torch.equal(before[key], after[key]) for key in before if key.startswith("model.language_model."))
     assert all(torch.equal(before[key], after[key]) for key in before if key.startswith("model.vision_tower."))

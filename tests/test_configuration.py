@@ -83,7 +83,8 @@ SIGLIP = {**TINY_VISION, "model_type": "siglip_vision_model"}
 )
 def test_image_token_count_follows_the_tower_and_the_strategy(tmp_path, vision, strategy, layer, tokens):
     config = tiny_config(vision_config=vision, vision_feature_select_strategy=strategy, vision_feature_layer=layer)
-    assert config.num_image_tokens == tokens and config.vision_feature_layers == (layer if isinstance(layer, list) else [layer])
+    assert config.num_image_tokens == tokens
+    assert config.vision_feature_layers == (layer if isinstance(layer, list) else [layer])
     config.save_pretrained(tmp_path)
     loaded = DreamLLMConfig.from_pretrained(tmp_path)
     assert (loaded.num_image_tokens, loaded.vision_feature_layer) == (tokens, layer)

@@ -37,7 +37,12 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from configuration_dreamllm import SPECIAL_TOKENS, VISION_FEATURE_SELECT_STRATEGIES, VISION_TOWER_CLS_TOKENS, DreamLLMConfig
+from configuration_dreamllm import (
+    SPECIAL_TOKENS,
+    VISION_FEATURE_SELECT_STRATEGIES,
+    VISION_TOWER_CLS_TOKENS,
+    DreamLLMConfig,
+)
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from train.folders import staged_folder

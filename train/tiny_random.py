@@ -153,7 +153,8 @@ def save_tiny_vision(folder: Path, family: str = "clip") -> None:
     size = TINY_VISION_SHAPE["image_size"]
     if family == "clip":
         CLIPVisionModel(CLIPVisionConfig(**TINY_VISION_SHAPE)).save_pretrained(folder)
-        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
+        crop = {"height": size, "width": size}
+        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size=crop).save_pretrained(folder)
     elif family == "siglip":
         SiglipVisionModel(SiglipVisionConfig(**TINY_VISION_SHAPE)).save_pretrained(folder)
         SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)

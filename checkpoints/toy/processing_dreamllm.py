@@ -211,8 +211,8 @@ class DreamLLMProcessor(ProcessorMixin):
     text already starts with it; a tokenizer without one, as Qwen2's, gets none), so the ids of a chat rendered with
     `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
     (`encode_conversation`). The chat template is the release's Vicuna one (`CHAT_TEMPLATE`) or the LLM's own
-    (ChatML for Qwen2, `[INST]` for Mistral). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_start>`, `<dream_end>`)
-    are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
+    (ChatML for Qwen2, `[INST]` for Mistral). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`,
+    `<dream_start>`, `<dream_end>`) are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
     tensors of one image each (uint8, 16-bit, or float in [0, 1]); both image processors run on the PIL backend.
 
     Example:
@@ -368,8 +368,8 @@ class DreamLLMProcessor(ProcessorMixin):
         (`processor(text=processor.apply_chat_template(messages, tokenize=False))`), with labels on the assistant
         replies and their end-of-turn token only: the template's `{% generation %}` spans (the Vicuna template, through
         the tokenizer's `return_assistant_tokens_mask`), or, for an LLM's own template, each reply's text after the
-        generation prompt up to and including the tokenizer's eos token (`<|im_end|>` for Qwen2-Instruct). Message content may hold `<image>` / `<dream>` placeholders or `{"type":
-        "image"}` / `{"type": "dream"}` items.
+        generation prompt up to and including the tokenizer's eos token (`<|im_end|>` for Qwen2-Instruct). Message
+        content may hold `<image>` / `<dream>` placeholders or `{"type": "image"}` / `{"type": "dream"}` items.
 
         Example:
 
