@@ -28,13 +28,15 @@ from train.tiny_random import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-COMBINATIONS = [("qwen2", "siglip"), ("mistral", "clip"), ("llama", "siglip")]
+COMBINATIONS = [("qwen2", "siglip"), ("mistral", "clip"), ("llama", "siglip"), ("qwen3", "clip")]
 # What each family's native folder is (the class AutoTokenizer gives for it, as for the full-size checkpoints), and
 # what DreamLLM must make of it.
 LLM_FACTS = {
     "llama": dict(tokenizer="TokenizersBackend", layer="LlamaDecoderLayer", tied=False, bos=True,
                   template=CHAT_TEMPLATE),
     "qwen2": dict(tokenizer="Qwen2Tokenizer", layer="Qwen2DecoderLayer", tied=True, bos=False,
+                  template=QWEN2_CHAT_TEMPLATE),
+    "qwen3": dict(tokenizer="Qwen2Tokenizer", layer="Qwen3DecoderLayer", tied=True, bos=False,
                   template=QWEN2_CHAT_TEMPLATE),
     "mistral": dict(tokenizer="TokenizersBackend", layer="MistralDecoderLayer", tied=False, bos=True,
                     template=MISTRAL_CHAT_TEMPLATE),

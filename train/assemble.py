@@ -250,7 +250,7 @@ def _layers(text: str) -> int | list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", help="causal LM folder or Hub id (with its tokenizer); with --preset, a family: "
-                        "llama, qwen2 or mistral")
+                        "llama, qwen2, qwen3 or mistral")
     parser.add_argument("--vision", help="CLIP or SigLIP folder or Hub id (vision model + image processor); with "
                         "--preset, a family: clip or siglip")
     parser.add_argument("--diffusion", help="Stable Diffusion folder or Hub id (unet/, vae/, scheduler/)")

@@ -30,6 +30,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -41,7 +43,7 @@ TINY_CORPUS = [
     "Draw a blue square in the center. Tell a short story with pictures.",
     "The quick brown fox jumps over the lazy dog 0123456789 , . ? ! : ; ' \" ( ) - _ / \\ < > [ ] { }",
 ]
-LLM_FAMILIES = ("llama", "qwen2", "mistral")
+LLM_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 VISION_FAMILIES = ("clip", "siglip")
 # The chat templates the families' instruct checkpoints ship: Qwen2-Instruct's ChatML and Mistral-7B-Instruct-v0.1's.
 QWEN2_CHAT_TEMPLATE = (
@@ -123,12 +125,14 @@ def save_tiny_llm(folder: Path, family: str = "llama") -> None:
             LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
                         **TINY_LLM_SHAPE)
         )
-    elif family == "qwen2":
+    elif family in ("qwen2", "qwen3"):  # Qwen3 keeps Qwen2's tokenizer class and conventions
         tokenizer = build_tiny_qwen2_tokenizer()
-        # Like Qwen2.5's checkpoints: tied embeddings, and more embedding rows than tokens (room for added tokens).
+        # Like Qwen2.5's and Qwen3's small checkpoints: tied embeddings, and more embedding rows than tokens.
         padded_vocab = -(-(len(tokenizer) + 16) // 64) * 64
-        llm = Qwen2ForCausalLM(
-            Qwen2Config(
+        qwen2 = family == "qwen2"
+        config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if qwen2 else (Qwen3Config, Qwen3ForCausalLM)
+        llm = model_class(
+            config_class(
                 vocab_size=padded_vocab,
                 bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
                 eos_token_id=tokenizer.eos_token_id,
