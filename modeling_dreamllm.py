@@ -1,5 +1,6 @@
-"""DreamLLM model: a causal LLM that reads CLIP features of input images and writes dream-query conditions for a
-diffusion decoder, built from the library's own LLaMA/CLIP classes in the shape of transformers' LLaVA."""
+"""DreamLLM model: a causal LLM that reads vision-tower features of input images and writes dream-query conditions
+for a diffusion decoder, built from the library's own LLM and vision classes (any causal LM; CLIP or SigLIP) in the
+shape of transformers' LLaVA."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,8 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+    # None: `post_init` gathers the layer classes of the LLM and the vision tower actually built (see `fsdp_wrap_classes`).
+    _no_split_modules = None
     _skip_keys_device_placement = "cache"
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -136,7 +138,7 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
         except SafetensorError as error:  # safetensors' own message names no file
             raise OSError(f"{damaged_weights_file(pretrained_model_name_or_path)}: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` adds a dict
-        # Loading materialises fresh parameters, which forgets `requires_grad`: freeze CLIP again.
+        # Loading materialises fresh parameters, which forgets `requires_grad`: freeze the vision tower again.
         base = model if isinstance(model, DreamLLMModel) else model.model
         base.vision_tower.requires_grad_(False)
         if getattr(model, "generation_config", None) is not None and model.generation_config.suppress_tokens is None:
@@ -179,11 +181,12 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         super().__init__(config)
         text_hidden = config.text_config.hidden_size
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.vision_projector = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=True)
+        vision_width = config.vision_config.hidden_size * len(config.vision_feature_layers)
+        self.vision_projector = nn.Linear(vision_width, text_hidden, bias=True)
         self.language_model = AutoModel.from_config(config.text_config)
         self.dream_queries = nn.Embedding(config.num_dream_queries, text_hidden)
         self.condition_projector = nn.Linear(text_hidden, config.condition_hidden_size, bias=False)
-        # CLIP stays frozen in every DreamLLM stage.
+        # The vision tower stays frozen in every DreamLLM stage.
         self.vision_tower.requires_grad_(False)
         self.post_init()
 
@@ -193,18 +196,29 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
+    @property
+    def fsdp_wrap_classes(self) -> list[str]:
+        """Class names of the trained LLM's decoder layers (its own `_no_split_modules`), the units FSDP shards;
+        the frozen vision tower is replicated, not wrapped."""
+        return sorted(self.language_model._no_split_modules or [])
+
     @merge_with_config_defaults
     @can_return_tuple
     @select_hidden_states("vision_feature_layer")
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, vision_feature_layer: int | None = None, **kwargs
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
-        """Encode `pixel_values` `(num_images, 3, H, W)` with the CLIP tower, as LLaVA's `get_image_features` does.
+        """Encode `pixel_values` `(num_images, 3, H, W)` with the vision tower, as LLaVA's `get_image_features` does.
 
         Returns the tower's `BaseModelOutputWithPooling` whose `pooler_output` holds one `(num_image_tokens,
-        hidden_size)` tensor per image: hidden states of `vision_feature_layer` (default `config.vision_feature_layer`),
-        CLS dropped, through the visual projector. Only that layer's hidden state is kept unless the caller passes
-        `output_hidden_states=True`.
+        hidden_size)` tensor per image: hidden states of `vision_feature_layer` (default `config.vision_feature_layer`;
+        a list concatenates layers on the channel axis), with the CLS token dropped under the "default"
+        `vision_feature_select_strategy` and kept under "full", through the visual projector. Only the selected
+        layers' hidden states are kept unless the caller passes `output_hidden_states=True`.
 
         Example:
 
@@ -219,7 +233,9 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
         with torch.set_grad_enabled(needs_grad):
             image_outputs = tower(pixel_values.to(tower.dtype), return_dict=True, **kwargs)
-            selected = image_outputs.hidden_states[vision_feature_layer][:, 1:]
+            layers = vision_feature_layer if isinstance(vision_feature_layer, (list, tuple)) else [vision_feature_layer]
+            first = 1 if vision_feature_select_strategy == "default" else 0  # "default" drops the CLS token
+            selected = torch.cat([image_outputs.hidden_states[layer][:, first:] for layer in layers], dim=-1)
         features = self.vision_projector(selected.to(self.vision_projector.weight.dtype))
         image_outputs.pooler_output = list(features)
         return image_outputs
@@ -344,7 +360,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         layout = self.block_layout(block_ids)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
-        if image_outputs is None and pixel_values is not None:  # CLIP runs only when the batch has images
+        if image_outputs is None and pixel_values is not None:  # the tower runs only when the batch has images
             image_outputs = self.get_image_features(pixel_values=pixel_values, return_dict=True)
         image_features = None if image_outputs is None else image_outputs.pooler_output
         if isinstance(image_features, (list, tuple)):
@@ -380,9 +396,12 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         return DreamLLMModelOutputWithPast(**outputs, image_outputs=image_outputs, condition_embeds=condition_embeds)
 
     def null_condition_ids(self, device: torch.device | None = None) -> torch.LongTensor:
-        """`[<s>, <dream_start>, <im_patch> x Q, <dream_end>]`: the empty prompt's creation block, shape `(1, Q+3)`."""
+        """`[<s>, <dream_start>, <im_patch> x Q, <dream_end>]`: the empty prompt's creation block, shape `(1, Q+3)`;
+        without the `<s>` (shape `(1, Q+2)`) for an LLM whose tokenizer has no BOS token (the text config's
+        `bos_token_id` is None, as `train.assemble` writes it for Qwen2)."""
         config = self.config
-        ids = [config.text_config.bos_token_id, config.dream_start_token_id]
+        bos = config.text_config.bos_token_id
+        ids = ([] if bos is None else [bos]) + [config.dream_start_token_id]
         ids += [config.image_patch_token_id] * config.num_dream_queries + [config.dream_end_token_id]
         return torch.tensor([ids], device=device if device is not None else self.dream_queries.weight.device)
 
@@ -393,8 +412,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
 
 
 class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
-    """DreamLLM with its (untied) language-modelling head: understanding (`generate`), the LM loss, and the
-    `condition_embeds` of every creation block for the diffusion decoder.
+    """DreamLLM with its language-modelling head (tied to the input embedding when the LLM ties it): understanding
+    (`generate`), the LM loss, and the `condition_embeds` of every creation block for the diffusion decoder.
 
     `generate` writes text only: the seven DreamLLM tokens (`<image> <im_patch> <im_start> <im_end> <dream>
     <dream_start> <dream_end>`) are in `generation_config.suppress_tokens` (saved with the model), so a plain
@@ -420,6 +439,12 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            # An LLM that ties (Qwen2): transformers shares the head with the input embedding of whichever LLM was
+            # built; the key is read from the module, never assumed.
+            embedding = self.model.language_model.get_input_embeddings()
+            name = next(name for name, module in self.model.language_model.named_modules() if module is embedding)
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
         # The text-only generation contract, written into generation_config.json by `save_pretrained`.
         self.generation_config.suppress_tokens = config.special_token_ids
@@ -440,10 +465,19 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return self.model.language_model
 
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, vision_feature_layer: int | None = None, **kwargs
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
         """See [`DreamLLMModel.get_image_features`]."""
-        return self.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer, **kwargs)
+        return self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
 
     def get_null_condition(self) -> torch.FloatTensor:
         # Through this model's own forward, so accelerate's offload hooks on it fire.

@@ -6,6 +6,7 @@ modules; activations are the bytes autograd saves for backward in a meta forward
 
     python benchmarks/memory_table.py                 # markdown table (docs/scaling.md)
     python benchmarks/memory_table.py --seq 1024 --micro_batch 2
+    python benchmarks/memory_table.py --backbone qwen2.5-7b-siglip   # Qwen2.5-7B-Instruct + SigLIP (docs/backbones.md)
 
 Bytes per parameter (bf16 mixed precision, AdamW, as `python -m train --bf16 true` runs):
 - trained: fp32 weight 4 + fp32 gradient 4 + AdamW moments 8 = 16 B (sharded /N under FSDP2 and ZeRO-3);
@@ -31,7 +32,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configuration_dreamllm import DreamLLMConfig  # noqa: E402
+from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig  # noqa: E402
 from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
 from train.convert.configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
 from train.stages import LANGUAGE_MODEL_TARGETS, PROJECTORS_AND_QUERIES, new_token_ids  # noqa: E402
@@ -50,6 +51,29 @@ class Parts:
     unet: int
     vae: int
     lora: int  # LoRA adapters (rank r) on the LLM's projections + the new tokens' embedding / lm_head rows
+
+
+def qwen25_7b_siglip_config() -> DreamLLMConfig:
+    """Qwen2.5-7B-Instruct + SigLIP-so400m-patch14-384 (the shapes of their Hub configs; 27 x 27 = 729 image tokens,
+    no CLS) + the SD-2.1-base condition width, with the seven DreamLLM tokens after Qwen's 151665."""
+    text = dict(
+        model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=151645, pad_token_id=151643,
+    )
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+        num_attention_heads=16, image_size=384, patch_size=14,
+    )
+    ids = {name: 151665 + index for index, name in enumerate(SPECIAL_TOKENS)}
+    return DreamLLMConfig(text_config=text, vision_config=vision, vision_feature_select_strategy="full", **ids)
+
+
+# --backbone: (label, vision tower name, configuration)
+BACKBONES = {
+    "vicuna-7b-clip": ("DreamLLM-7B", "CLIP", DreamLLMConfig),
+    "qwen2.5-7b-siglip": ("Qwen2.5-7B + SigLIP-so400m", "SigLIP", qwen25_7b_siglip_config),
+}
 
 
 def count(module: torch.nn.Module) -> int:
@@ -177,8 +201,11 @@ def per_gpu_gib(p: Parts, trained: int, activations: int, strategy: str, gpus: i
     return row
 
 
-def table(micro_batch: int = 1, seq: int = 2048, lora_rank: int = 16, gpu_counts=(8, 32)) -> str:
-    config = DreamLLMConfig()
+def table(
+    micro_batch: int = 1, seq: int = 2048, lora_rank: int = 16, gpu_counts=(8, 32), backbone: str = "vicuna-7b-clip"
+) -> str:
+    label, vision_name, make_config = BACKBONES[backbone]
+    config = make_config()
     config.text_config._attn_implementation = "sdpa"  # no sequence-squared attention weights kept, as on GPUs
     model, unet, vae = build_meta(config)
     p = parts(model, unet, vae, lora_rank)
@@ -187,7 +214,7 @@ def table(micro_batch: int = 1, seq: int = 2048, lora_rank: int = 16, gpu_counts
         unet, config, micro_batch
     )
     lines = [
-        f"DreamLLM-7B parameters: LLM {p.llm / 1e9:.2f} B, CLIP {p.clip / 1e6:.0f} M, projectors and queries "
+        f"{label} parameters: LLM {p.llm / 1e9:.2f} B, {vision_name} {p.clip / 1e6:.0f} M, projectors and queries "
         f"{p.projectors / 1e6:.1f} M, UNet {p.unet / 1e6:.0f} M, VAE {p.vae / 1e6:.0f} M; LoRA r={lora_rank} "
         f"{p.lora / 1e6:.1f} M. Activations per GPU (micro-batch {micro_batch} x {seq} tokens, one 512 px image): "
         f"{activations / GIB:.2f} GiB (LLM layer inputs {llm['layers'] * llm['checkpoint'] / GIB:.2f}, one layer "
@@ -215,8 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro_batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=2048, help="tokens per sample (the LLM's context: 2048)")
     parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="vicuna-7b-clip")
     args = parser.parse_args(argv)
-    print(table(args.micro_batch, args.seq, args.lora_r))
+    print(table(args.micro_batch, args.seq, args.lora_r, backbone=args.backbone))
 
 
 if __name__ == "__main__":

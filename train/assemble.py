@@ -2,8 +2,16 @@
 
     python -m train.assemble --llm lmsys/vicuna-7b-v1.1 --vision openai/clip-vit-large-patch14 \
         --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-7b-init
+    python -m train.assemble --llm Qwen/Qwen2.5-7B-Instruct --vision google/siglip-so400m-patch14-384 \
+        --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-qwen2.5-siglip-init
     python -m train.assemble --preset tiny-random --output /tmp/dreamllm-tiny
+    python -m train.assemble --preset tiny-random --llm qwen2 --vision siglip --output /tmp/dreamllm-tiny-qwen2
     python -m train.assemble ... --projector-init pytorch   # the official release's projector initialisation
+
+The LLM is any transformers causal LM with its tokenizer (LLaMA/Vicuna, Qwen2/2.5/3, Mistral, ...): its chat template
+is kept when it has one (the release's Vicuna template otherwise), a tokenizer without BOS gets none, tied embeddings
+stay tied. The vision tower is CLIP or SigLIP (a `*VisionModel` folder or a full dual-encoder one); the feature
+layer and token selection follow transformers' LLaVA (`--vision-feature-layer`, `--vision-feature-select-strategy`).
 
 The folder is the one layout every part of the project reads and writes: its root is the transformers remote-code
 model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion decoder.
@@ -17,12 +25,26 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel, GenerationConfig
+from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    GenerationConfig,
+    PreTrainedModel,
+)
 from transformers.image_utils import PILImageResampling
 
-from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
+from configuration_dreamllm import (
+    SPECIAL_TOKENS,
+    VISION_FEATURE_SELECT_STRATEGIES,
+    VISION_TOWER_CLS_TOKENS,
+    DreamLLMConfig,
+)
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
-from processing_dreamllm import DreamLLMProcessor
+from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from train.folders import staged_folder
 
 # The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
@@ -50,6 +72,19 @@ def add_special_tokens(tokenizer) -> None:
     if tokenizer.pad_token is None:
         special["pad_token"] = "[PAD]"
     tokenizer.add_special_tokens(special)
+
+
+def load_vision_tower(vision: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    """The vision model of `vision` (a CLIP/SigLIP vision folder or a full CLIP/SigLIP one, whose text half is left
+    out), in its own class: `CLIPVisionModel`, `SiglipVisionModel`."""
+    config = AutoConfig.from_pretrained(vision)
+    vision_config = getattr(config, "vision_config", None) or config  # dual encoders hold the tower's config
+    if vision_config.model_type not in VISION_TOWER_CLS_TOKENS:
+        raise ValueError(
+            f"{vision} holds a {vision_config.model_type!r} model; supported vision towers: "
+            f"{sorted(VISION_TOWER_CLS_TOKENS)} (SigLIP2: the FixRes checkpoints, which use the SigLIP classes)"
+        )
+    return MODEL_MAPPING[type(vision_config)].from_pretrained(vision, dtype=dtype)
 
 
 def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
@@ -107,8 +142,20 @@ def assemble(
     dtype: str = "auto",
     condition_drop_prob: float = 0.1,
     projector_init: str = "normal",
+    vision_feature_layer: int | list[int] = -2,
+    vision_feature_select_strategy: str | None = None,
 ) -> Path:
-    """Build the folder; it is written to a temporary sibling and moved into place only when complete."""
+    """Build the folder; it is written to a temporary sibling and moved into place only when complete.
+
+    `vision_feature_select_strategy` defaults to "default" (drop the CLS token) for towers that have one (CLIP) and
+    "full" for those without (SigLIP).
+
+    Example:
+
+    ```python
+    >>> assemble("Qwen/Qwen2.5-7B-Instruct", "google/siglip-so400m-patch14-384", "sd-2-1-base/", "dreamllm-init")
+    ```
+    """
     diffusion, output = Path(diffusion), Path(output)
     missing = [name for name in DECODER_SUBFOLDERS if not (diffusion / name).is_dir()]
     if missing:
@@ -116,22 +163,38 @@ def assemble(
     if output.exists():
         raise FileExistsError(f"{output} exists; choose a new output folder")
 
+    if vision_feature_select_strategy not in (None, *VISION_FEATURE_SELECT_STRATEGIES):
+        raise ValueError(
+            f"vision_feature_select_strategy={vision_feature_select_strategy!r} is not one of "
+            f"{VISION_FEATURE_SELECT_STRATEGIES}"
+        )
+
     tokenizer = AutoTokenizer.from_pretrained(llm)
     add_special_tokens(tokenizer)
     language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-    language_model.resize_token_embeddings(len(tokenizer))
-    vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=language_model.dtype)
-    image_processor = CLIPImageProcessorPil.from_pretrained(vision)
+    # Qwen2-style checkpoints hold more embedding rows than tokens: the added tokens take unused rows, no resize.
+    if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
+        language_model.resize_token_embeddings(len(tokenizer))
+    vision_tower = load_vision_tower(vision, dtype=language_model.dtype)
+    image_processor = AutoImageProcessor.from_pretrained(vision)
     condition_hidden_size, resolution = decoder_geometry(diffusion)
+    if vision_feature_select_strategy is None:
+        has_cls = VISION_TOWER_CLS_TOKENS[vision_tower.config.model_type] > 0
+        vision_feature_select_strategy = "default" if has_cls else "full"
 
     text_config = language_model.config
     text_config.pad_token_id = tokenizer.pad_token_id
+    # The id every document starts with, None for a tokenizer without BOS (Qwen2's config names one its tokenizer
+    # never writes): the model's null condition and the processor's documents then agree.
+    text_config.bos_token_id = tokenizer.bos_token_id
     text_config._name_or_path = vision_tower.config._name_or_path = ""  # the parts' local folders stay local
     tokenizer.model_max_length = text_config.max_position_embeddings
     config = DreamLLMConfig(
         text_config=text_config.to_dict(),
         vision_config=vision_tower.config.to_dict(),
         num_dream_queries=num_dream_queries,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
         condition_hidden_size=condition_hidden_size,
         condition_drop_prob=condition_drop_prob,
         **{name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()},
@@ -139,8 +202,8 @@ def assemble(
     register_auto_classes(config)
     with torch.device("meta"):
         model = DreamLLMForCausalLM(config)
-    model.model.language_model = language_model.model
-    model.lm_head = language_model.lm_head
+    model.model.language_model = language_model.get_decoder()
+    model.lm_head = language_model.get_output_embeddings()  # the embedding matrix itself when the LLM ties them
     model.model.vision_tower = vision_tower.requires_grad_(False)
     _init_new_modules(model, std=getattr(text_config, "initializer_range", 0.02), dtype=language_model.dtype,
                       projector_init=projector_init)
@@ -155,6 +218,7 @@ def assemble(
         image_processor=image_processor,
         tokenizer=tokenizer,
         diffusion_image_processor=diffusion_image_processor(resolution),
+        chat_template=tokenizer.chat_template or CHAT_TEMPLATE,  # the LLM's own; Vicuna's for Vicuna/LLaMA
         num_image_tokens=config.num_image_tokens,
         num_dream_queries=num_dream_queries,
     )
@@ -177,29 +241,47 @@ def write_pipeline_files(folder: Path) -> None:
     write_pipeline_index(folder)
 
 
+def _layers(text: str) -> int | list[int]:
+    """`-2` -> -2, `-2,-1` -> [-2, -1]: the CLI form of `vision_feature_layer`."""
+    layers = [int(part) for part in text.split(",")]
+    return layers[0] if len(layers) == 1 else layers
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--llm", help="causal LM folder or Hub id (with its tokenizer)")
-    parser.add_argument("--vision", help="CLIP folder or Hub id (vision model + image processor)")
+    parser.add_argument("--llm", help="causal LM folder or Hub id (with its tokenizer); with --preset, a family: "
+                        "llama, qwen2, qwen3 or mistral")
+    parser.add_argument("--vision", help="CLIP or SigLIP folder or Hub id (vision model + image processor); with "
+                        "--preset, a family: clip or siglip")
     parser.add_argument("--diffusion", help="Stable Diffusion folder or Hub id (unet/, vae/, scheduler/)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--preset", choices=["tiny-random"], help="build tiny random components instead")
     parser.add_argument("--num-dream-queries", type=int, default=None, help="64 by default (8 for tiny-random)")
     parser.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16 or float16")
+    parser.add_argument("--vision-feature-layer", type=_layers, default=-2,
+                        help="vision hidden-state layer(s) read, comma-separated to concatenate several (default -2)")
+    parser.add_argument("--vision-feature-select-strategy", choices=VISION_FEATURE_SELECT_STRATEGIES, default=None,
+                        help="default: drop the CLS token; full: keep all (default: by tower, CLIP default, SigLIP full)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--projector-init", choices=PROJECTOR_INITS, default="normal",
                         help="normal: N(0, 0.02), zero bias (default); pytorch: nn.Linear's own (the official release)")
     args = parser.parse_args(argv)
 
+    vision_kwargs = dict(
+        vision_feature_layer=args.vision_feature_layer, vision_feature_select_strategy=args.vision_feature_select_strategy
+    )
     if args.preset == "tiny-random":
-        from train.tiny_random import build_tiny_components
+        from train.tiny_random import LLM_FAMILIES, VISION_FAMILIES, build_tiny_components
 
+        families = dict(llm=args.llm or "llama", vision=args.vision or "clip")
+        if families["llm"] not in LLM_FAMILIES or families["vision"] not in VISION_FAMILIES:
+            parser.error(f"with --preset tiny-random, --llm is one of {LLM_FAMILIES} and --vision one of {VISION_FAMILIES}")
         with tempfile.TemporaryDirectory() as scratch:
-            parts = build_tiny_components(scratch, seed=args.seed)
+            parts = build_tiny_components(scratch, seed=args.seed, **families)
             torch.manual_seed(args.seed)
             folder = assemble(
                 parts["llm"], parts["vision"], parts["diffusion"], args.output, args.num_dream_queries or 8, args.dtype,
-                projector_init=args.projector_init,
+                projector_init=args.projector_init, **vision_kwargs,
             )
     else:
         if not (args.llm and args.vision and args.diffusion):
@@ -210,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
 
             diffusion = Path(snapshot_download(args.diffusion, allow_patterns=[f"{n}/*" for n in DECODER_SUBFOLDERS]))
         folder = assemble(args.llm, args.vision, diffusion, args.output, args.num_dream_queries or 64, args.dtype,
-                          projector_init=args.projector_init)
+                          projector_init=args.projector_init, **vision_kwargs)
     print(f"DreamLLM folder written to {folder}")
 
 

@@ -1,13 +1,41 @@
-"""Tiny random pretrained components in their native formats (an LLM with tokenizer, a CLIP vision model with its
-image processor, a Stable Diffusion folder), for tests and quick tries of `train.assemble --preset tiny-random`."""
+"""Tiny random pretrained components in their native formats (an LLM with its tokenizer, a vision tower with its
+image processor, a Stable Diffusion folder), for tests and quick tries of `train.assemble --preset tiny-random`.
 
+Each supported family is built from its own transformers classes and saved with `save_pretrained`, so the folders
+load exactly as the full-size checkpoints do:
+
+    python -m train.tiny_random --llm qwen2 --vision siglip --output /tmp/tiny-parts
+    python -m train.assemble --llm /tmp/tiny-parts/llm --vision /tmp/tiny-parts/vision \
+        --diffusion /tmp/tiny-parts/diffusion --output /tmp/dreamllm-tiny-qwen2-siglip
+"""
+
+import argparse
+import json
+import string
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 TINY_CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant.",
@@ -15,6 +43,31 @@ TINY_CORPUS = [
     "Draw a blue square in the center. Tell a short story with pictures.",
     "The quick brown fox jumps over the lazy dog 0123456789 , . ? ! : ; ' \" ( ) - _ / \\ < > [ ] { }",
 ]
+LLM_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+VISION_FAMILIES = ("clip", "siglip")
+# The chat templates the families' instruct checkpoints ship: Qwen2-Instruct's ChatML and Mistral-7B-Instruct-v0.1's.
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+# One small shape for every LLM family (the strict config validation needs heads to divide the width).
+TINY_LLM_SHAPE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
+TINY_VISION_SHAPE = dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
 
 
 def build_tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
@@ -33,34 +86,96 @@ def build_tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny_components(root: str | Path, seed: int = 0, condition_hidden_size: int = 16) -> dict[str, Path]:
+def _bpe_vocab(special_tokens: list[str], vocab_size: int, byte_level: bool) -> tuple[dict[str, int], list[tuple]]:
+    """Vocabulary and merges of a BPE trained on the tiny corpus (byte-level as GPT-2/Qwen2, or SentencePiece-style
+    with `▁` as LLaMA/Mistral), for the families' own tokenizer classes to build their pipelines around."""
+    tokenizer = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else pre_tokenizers.Metaspace()
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else sorted(set(string.printable.strip()) | {"▁"})
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(TINY_CORPUS, trainer=trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+
+
+def build_tiny_qwen2_tokenizer(vocab_size: int = 320) -> Qwen2Tokenizer:
+    """A `Qwen2Tokenizer` (Qwen2/2.5/3's class: byte-level BPE, Qwen's pre-tokenizer) as Qwen2.5-Instruct's is set
+    up: no BOS, `<|endoftext|>` pad, `<|im_start|>` / `<|im_end|>` specials, eos `<|im_end|>`, a ChatML template."""
+    vocab, merges = _bpe_vocab(["<|endoftext|>"], vocab_size, byte_level=True)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", chat_template=QWEN2_CHAT_TEMPLATE)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    return tokenizer
+
+
+def build_tiny_mistral_tokenizer(vocab_size: int = 480) -> LlamaTokenizer:
+    """A `LlamaTokenizer` as Mistral-7B-Instruct's is set up: `<unk>`=0, `<s>`=1, `</s>`=2, byte-fallback pieces, `<s>`
+    added to every sequence, no pad, the `[INST]` chat template."""
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]  # LLaMA's byte-fallback pieces, ids 3-258
+    vocab, merges = _bpe_vocab(["<unk>", "<s>", "</s>", *byte_tokens], vocab_size, byte_level=False)
+    return LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, chat_template=MISTRAL_CHAT_TEMPLATE)
+
+
+def save_tiny_llm(folder: Path, family: str = "llama") -> None:
+    """A random causal LM of `family` with its tokenizer, saved in the family's native format."""
+    if family == "llama":
+        tokenizer = build_tiny_tokenizer()
+        llm = LlamaForCausalLM(
+            LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                        **TINY_LLM_SHAPE)
+        )
+    elif family in ("qwen2", "qwen3"):  # Qwen3 keeps Qwen2's tokenizer class and conventions
+        tokenizer = build_tiny_qwen2_tokenizer()
+        # Like Qwen2.5's and Qwen3's small checkpoints: tied embeddings, and more embedding rows than tokens.
+        padded_vocab = -(-(len(tokenizer) + 16) // 64) * 64
+        qwen2 = family == "qwen2"
+        config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if qwen2 else (Qwen3Config, Qwen3ForCausalLM)
+        llm = model_class(
+            config_class(
+                vocab_size=padded_vocab,
+                bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                eos_token_id=tokenizer.eos_token_id,
+                tie_word_embeddings=True,
+                **TINY_LLM_SHAPE,
+            )
+        )
+    elif family == "mistral":
+        tokenizer = build_tiny_mistral_tokenizer()
+        llm = MistralForCausalLM(
+            MistralConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                          sliding_window=4096, **TINY_LLM_SHAPE)
+        )
+    else:
+        raise ValueError(f"unknown LLM family {family!r}: expected one of {LLM_FAMILIES}")
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_tiny_vision(folder: Path, family: str = "clip") -> None:
+    """A random vision tower of `family` with its image processor (PIL backend), saved in the native format."""
+    size = TINY_VISION_SHAPE["image_size"]
+    if family == "clip":
+        CLIPVisionModel(CLIPVisionConfig(**TINY_VISION_SHAPE)).save_pretrained(folder)
+        crop = {"height": size, "width": size}
+        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size=crop).save_pretrained(folder)
+    elif family == "siglip":
+        SiglipVisionModel(SiglipVisionConfig(**TINY_VISION_SHAPE)).save_pretrained(folder)
+        SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+    else:
+        raise ValueError(f"unknown vision family {family!r}: expected one of {VISION_FAMILIES}")
+
+
+def build_tiny_components(
+    root: str | Path, seed: int = 0, condition_hidden_size: int = 16, llm: str = "llama", vision: str = "clip"
+) -> dict[str, Path]:
     """Write `llm/`, `vision/` and `diffusion/` under `root` with `save_pretrained`; returns their paths."""
+    if llm not in LLM_FAMILIES or vision not in VISION_FAMILIES:
+        raise ValueError(f"unknown family llm={llm!r} vision={vision!r}: expected {LLM_FAMILIES} and {VISION_FAMILIES}")
     root = Path(root)
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
-    llm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=False,
-        )
-    )
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-
-    vision_config = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPVisionModel(vision_config).save_pretrained(root / "vision")
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "vision")
-
+    save_tiny_llm(root / "llm", llm)
+    save_tiny_vision(root / "vision", vision)
     diffusion = root / "diffusion"
     save_tiny_decoder(diffusion, condition_hidden_size)
     return {"llm": root / "llm", "vision": root / "vision", "diffusion": diffusion}
@@ -100,3 +215,24 @@ def save_tiny_decoder(
     DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
     ).save_pretrained(folder / "scheduler")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--llm", choices=LLM_FAMILIES, default="llama")
+    parser.add_argument("--vision", choices=VISION_FAMILIES, default="clip")
+    parser.add_argument("--condition-hidden-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="a new folder; llm/, vision/ and diffusion/ are written in it")
+    args = parser.parse_args(argv)
+    if Path(args.output).exists():
+        parser.error(f"{args.output} exists; choose a new output folder")
+    from train.folders import staged_folder
+
+    with staged_folder(Path(args.output)) as staging:
+        build_tiny_components(staging, args.seed, args.condition_hidden_size, args.llm, args.vision)
+    print(f"tiny {args.llm} / {args.vision} / Stable Diffusion parts written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

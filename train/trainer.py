@@ -113,7 +113,14 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     for key, value in base.state_dict().items():
         if not any(marker in key for marker in LORA_WRAPPER_MARKERS):
             state.setdefault(key, value)
-    return {key: value.detach().contiguous() for key, value in state.items()}
+    return without_tied_copies(base, {key: value.detach().contiguous() for key, value in state.items()})
+
+
+def without_tied_copies(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` without the weights tied to another (a tied LM head is its input embedding), which
+    `save_pretrained` leaves out of a model's own state dict but keeps in one it is handed (FSDP's gathered one)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {key: value for key, value in state_dict.items() if key not in tied}
 
 
 @contextlib.contextmanager
@@ -220,6 +227,11 @@ class DreamLLMTrainer(SFTTrainer):
         super().create_accelerator_and_postprocess()
         if enable_fsdp_on_cpu(self.accelerator):  # an FSDP launch on CPU processes (see train.cpu_fsdp)
             self.is_fsdp_enabled = True
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin is not None and not plugin.transformer_cls_names_to_wrap:
+            # The units FSDP shards are the decoder layers of the LLM actually loaded (LlamaDecoderLayer,
+            # Qwen2DecoderLayer, ...), unless the launch config names its own.
+            plugin.transformer_cls_names_to_wrap = self._dreamllm().model.fsdp_wrap_classes
 
     def same_graph_on_every_rank(self) -> bool:
         """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as
@@ -359,6 +371,8 @@ class DreamLLMTrainer(SFTTrainer):
                 self.processing_class.save_pretrained(output_dir)
                 torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         else:
+            if state_dict is not None:
+                state_dict = without_tied_copies(self._dreamllm(), state_dict)
             with own_class(self._unwrapped()):
                 super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:

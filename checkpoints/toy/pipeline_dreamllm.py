@@ -586,7 +586,7 @@ class DreamLLMPipeline(DiffusionPipeline):
     def _prompt_ids(self, parts: list, creation: bool) -> tuple[list[int], list]:
         """`<s>`, each text part's ids and each image's comprehension block, then (with `creation`) one creation
         block: the layout the processor gives `text<image>text<dream>`, with the text never read as placeholders."""
-        ids, images = [self.processor.bos_token_id], []
+        ids, images = list(self.processor.prefix_ids), []
         for part in parts:
             if isinstance(part, str):
                 ids += self._text_ids(part)

@@ -1,5 +1,5 @@
-"""DreamLLM processor: expands `<image>` / `<dream>` placeholders into the official block layout and prepares CLIP
-inputs, diffusion targets and LM labels."""
+"""DreamLLM processor: expands `<image>` / `<dream>` placeholders into the official block layout and prepares
+vision-tower inputs, diffusion targets and LM labels, with the Vicuna chat template of the release or the LLM's own."""
 
 import re
 from dataclasses import dataclass, field
@@ -65,6 +65,22 @@ def check_unicode(text: str, where: str) -> None:
         raise ValueError(
             f"{where} holds a lone surrogate {text[error.start]!r} at character {error.start}: not valid Unicode text"
         ) from None
+
+
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def flatten_content(messages: list[dict]) -> list[dict]:
+    """The messages with list content written as one string (`{"type": "image"}` -> `<image>\n`, `{"type": "dream"}`
+    -> `<dream>`), for an LLM's own chat template, which renders string content only."""
+    flat = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            pieces = {"image": lambda item: IMAGE_PLACEHOLDER + "\n", "dream": lambda item: DREAM_PLACEHOLDER}
+            content = "".join(pieces.get(item["type"], lambda item: item["text"])(item) for item in content)
+        flat.append({**message, "content": content})
+    return flat
 
 
 def check_messages(messages, where: str = "messages") -> None:
@@ -197,17 +213,19 @@ class _Document:
 
 class DreamLLMProcessor(ProcessorMixin):
     r"""
-    Tokenizer + CLIP image processor + diffusion-target image processor for DreamLLM.
+    Tokenizer + vision-tower image processor (CLIP or SigLIP) + diffusion-target image processor for DreamLLM.
 
     Text may hold `<image>` (an input image, to understand) and `<dream>` (an image to create).
     `<image>` becomes `<im_start>` + `num_image_tokens` x `<im_patch>` + `<im_end>`; `<dream>` becomes `<dream_start>` +
     `num_dream_queries` x `<im_patch>` + `<dream_end>`, followed by the image's comprehension block when its pixels
     are given. `images` are consumed in document order, one per placeholder; trailing `<dream>`s may come without one.
 
-    Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)` after `<s>`), so the ids of a chat rendered
-    with `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
-    (`encode_conversation`). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_start>`, `<dream_end>`)
-    are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
+    Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)`, after the tokenizer's BOS token unless the
+    text already starts with it; a tokenizer without one, as Qwen2's, gets none), so the ids of a chat rendered with
+    `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
+    (`encode_conversation`). The chat template is the release's Vicuna one (`CHAT_TEMPLATE`) or the LLM's own
+    (ChatML for Qwen2, `[INST]` for Mistral). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`,
+    `<dream_start>`, `<dream_end>`) are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
     tensors of one image each (uint8, 16-bit, or float in [0, 1]); both image processors run on the PIL backend.
 
     Example:
@@ -240,6 +258,7 @@ class DreamLLMProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template)
         ids = tokenizer.convert_tokens_to_ids
         self.pad_token_id = tokenizer.pad_token_id
+        # Documents start with the tokenizer's BOS token; a tokenizer without one (Qwen2) gets none.
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
         self.image_token_id = ids(IMAGE_PLACEHOLDER)
@@ -278,6 +297,11 @@ class DreamLLMProcessor(ProcessorMixin):
         return ProcessorMixin.get_possibly_dynamic_module(module_name)
 
     # ----------------------------------------------------------------------------------------------------- blocks
+    @property
+    def prefix_ids(self) -> list[int]:
+        """`[<s>]`: the tokenizer's BOS token, or `[]` for a tokenizer without one (Qwen2)."""
+        return [] if self.bos_token_id is None else [self.bos_token_id]
+
     def image_block(self) -> list[int]:
         """`<im_start>` + N x `<im_patch>` + `<im_end>`: the comprehension block of one image."""
         return [self.image_start_token_id] + [self.image_patch_token_id] * self.num_image_tokens + [self.image_end_token_id]
@@ -330,11 +354,19 @@ class DreamLLMProcessor(ProcessorMixin):
 
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """`ProcessorMixin.apply_chat_template` after `check_messages`: roles the template cannot render faithfully
-        (a `tool` turn, a `system` message after the first, a message without `role` or `content`) raise."""
+        (a `tool` turn, a `system` message after the first, a message without `role` or `content`) raise. With an
+        LLM's own template (no `{% generation %}` spans), list content is first written as text with placeholders."""
         batched = isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
         for index, messages in enumerate(conversation if batched else [conversation]):
             check_messages(messages, f"conversation[{index}]" if batched else "messages")
+        if not self._marks_assistant_spans(chat_template):
+            conversation = [flatten_content(m) for m in conversation] if batched else flatten_content(conversation)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    def _marks_assistant_spans(self, chat_template: str | None = None) -> bool:
+        """Whether the template marks assistant replies with `{% generation %}` (the release's Vicuna template does;
+        an LLM's own template, such as Qwen2's ChatML, does not)."""
+        return bool(GENERATION_MARKER.search(chat_template or self.chat_template or ""))
 
     def encode_conversation(
         self,
@@ -347,9 +379,10 @@ class DreamLLMProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """Encode one chat for supervised fine-tuning: the ids inference computes for the rendered chat
         (`processor(text=processor.apply_chat_template(messages, tokenize=False))`), with labels on the assistant
-        replies and their `</s>` only (the template's `{% generation %}` spans, through the tokenizer's
-        `return_assistant_tokens_mask`). Message content may hold `<image>` / `<dream>` placeholders or `{"type":
-        "image"}` / `{"type": "dream"}` items.
+        replies and their end-of-turn token only: the template's `{% generation %}` spans (the Vicuna template, through
+        the tokenizer's `return_assistant_tokens_mask`), or, for an LLM's own template, each reply's text after the
+        generation prompt up to and including the tokenizer's eos token (`<|im_end|>` for Qwen2-Instruct). Message
+        content may hold `<image>` / `<dream>` placeholders or `{"type": "image"}` / `{"type": "dream"}` items.
 
         Example:
 
@@ -361,10 +394,10 @@ class DreamLLMProcessor(ProcessorMixin):
         ```
         """
         check_messages(messages)
-        if not re.search(r"\{%-?\s*generation\s*-?%\}", self.chat_template or ""):
-            raise ValueError(
-                "processor.chat_template marks no assistant span with {% generation %}, so the replies to learn "
-                "cannot be found: set processor.chat_template = CHAT_TEMPLATE (or add the markers) and re-save it"
+        if not self._marks_assistant_spans():
+            ids, learned = self._encode_with_own_template(flatten_content(messages))
+            return self._encode_batch(
+                [ids], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
             )
         encoded = self.tokenizer.apply_chat_template(
             list(messages),
@@ -381,6 +414,43 @@ class DreamLLMProcessor(ProcessorMixin):
         return self._encode_batch(
             [encoded["input_ids"]], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
         )
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _encode_with_own_template(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
+        """Ids of the rendered chat (tokenized whole, as inference does) and which of them the LM learns: each
+        assistant reply's span, found as the text after the chat rendered up to that reply with its generation
+        prompt, up to the first eos token (or the end of the reply's own rendering)."""
+        text = self._render(messages)
+        eos = self.tokenizer.eos_token
+        spans = []
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(messages[:index], add_generation_prompt=True) if index else ""
+            if not text.startswith(prompt):
+                raise ValueError(
+                    f"the chat template renders messages[:{index}] with its generation prompt as text that does not "
+                    "begin the whole chat, so the reply to learn cannot be located"
+                )
+            end = text.find(eos, len(prompt)) if eos else -1
+            if end >= 0:
+                end += len(eos)
+            else:  # the template ends turns with another token than eos: the reply's own rendering, trimmed
+                turn = self._render(messages[: index + 1]).rstrip()
+                if not text.startswith(turn):
+                    raise ValueError(f"the chat template renders messages[{index}] differently inside the whole chat")
+                end = len(turn)
+            spans.append((len(prompt), end))
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        learned = [
+            any(start < span_end and stop > span_start for span_start, span_end in spans)
+            for start, stop in encoded["offset_mapping"]
+        ]
+        return encoded["input_ids"], learned
 
     def _check_texts(self, text) -> list[str]:
         if text is None:
@@ -447,7 +517,8 @@ class DreamLLMProcessor(ProcessorMixin):
                 f"{IMAGE_PLACEHOLDER} / {DREAM_PLACEHOLDER} placeholders and cannot come from text"
             )
         doc, queue = _Document(), list(images)
-        doc.add([self.bos_token_id], [IGNORE_INDEX])
+        if self.prefix_ids and ids[:1] != self.prefix_ids:  # a template may write `<s>` itself (Mistral, Llama-3)
+            doc.add(self.prefix_ids, [IGNORE_INDEX])
         for token, learn in zip(ids, learned):
             if token == self.image_token_id:
                 block = self.image_block()
@@ -550,5 +621,6 @@ __all__ = [
     "IMAGE_PLACEHOLDER",
     "DREAM_PLACEHOLDER",
     "check_messages",
+    "flatten_content",
     "to_rgb_image",
 ]
