@@ -218,7 +218,7 @@ def test_lora_on_a_tied_llm_trains_the_new_rows_and_saves_one_matrix(tmp_path, d
     train_main(["--stage", "sft", "--model_name_or_path", str(folder), "--output_dir", str(output), "--data",
                 str(data[1]), "--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false",
                 "--activation_checkpointing", "false", "--save_steps", "100", "--disable_tqdm", "true", "--seed", "0",
-                "--report_to", "none", "--lora_r", "4", "--learning_rate", "1e-2"])
+                "--report_to", "none", "--lora_r", "4", "--learning_rate", "1e-2", "--save_merged", "true"])
     before, after = load_file(folder / "model.safetensors"), load_file(output / "model.safetensors")
     assert set(before) == set(after) and "lm_head.weight" not in after
     key = "model.language_model.embed_tokens.weight"
