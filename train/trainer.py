@@ -39,6 +39,7 @@ from trl import SFTConfig, SFTTrainer
 from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.cpu_fsdp import enable_fsdp_on_cpu
+from train.deepspeed_zero import install_ordered_reduction
 from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
@@ -213,6 +214,8 @@ class DreamLLMTrainer(SFTTrainer):
         return self.is_fsdp_enabled or self.is_deepspeed_enabled
 
     def _reduce_unused_parameters(self, model) -> None:
+        if self.is_deepspeed_enabled:  # ZeRO-2/3: gradients reduced in parameter order (see train.deepspeed_zero)
+            install_ordered_reduction(self.accelerator)
         # A rank whose batch has no image (or no creation block) leaves the visual projector (or the dream queries)
         # without a gradient; FSDP2 must still reduce-scatter a zero for it, or the ranks' collectives differ.
         if isinstance(model, FSDPModule) and not getattr(model, "_dreamllm_reduces_unused", False):
