@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
 
@@ -67,4 +68,91 @@ def install_ordered_reduction(accelerator: Accelerator) -> bool:
     return True
 
 
-__all__ = ["OrderedReductionEngine", "install_ordered_reduction"]
+
+
+# ------------------------------------------------------------------------------------------- ZeRO-3: frozen CLIP
+FROZEN_TOWERS = ("vision_tower",)  # frozen modules of the model that ZeRO-3 must neither partition nor hook
+
+
+def _frozen_towers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """(parent, attribute) of every frozen tower in `model` (plain or inside PEFT wrappers)."""
+    found = []
+    for parent in model.modules():
+        for name in FROZEN_TOWERS:
+            tower = parent._modules.get(name)
+            if tower is not None and not any(param.requires_grad for param in tower.parameters()):
+                found.append((parent, name))
+    return found
+
+
+@torch.no_grad()
+def _replicated(tower: torch.nn.Module) -> torch.nn.Module:
+    """A whole copy of a frozen tower, out of ZeRO-3's reach: built outside `zero.Init` (a plain constructor call),
+    its weights gathered with `deepspeed.zero.GatheredParameters` when the tower was partitioned, and held as
+    persistent buffers, not parameters (ZeRO-3 manages every parameter of the engine's module; buffers keep their
+    names in `state_dict`, so saved folders are unchanged)."""
+    import deepspeed
+
+    plain = type(tower)(tower.config)
+    partitioned = [param for param in tower.parameters() if hasattr(param, "ds_id")]
+    with deepspeed.zero.GatheredParameters(partitioned, enabled=bool(partitioned)):
+        plain.load_state_dict(tower.state_dict())
+    for module in plain.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                del module._parameters[name]
+                module.register_buffer(name, param.detach(), persistent=True)
+    # `PreTrainedModel.dtype` / `.device` read the parameters: read the weights' buffers instead (under the same
+    # qualified class name: transformers keys its output-capturing registry on it).
+    base = type(tower)
+    properties = {"dtype": _weights_dtype, "device": _weights_device, "__module__": base.__module__,
+                  "__qualname__": base.__qualname__}
+    plain.__class__ = type(base.__name__, (base,), properties)
+    return plain.train(tower.training)
+
+
+def _first_weight(module: torch.nn.Module) -> torch.Tensor:
+    return next(buffer for buffer in module.buffers() if buffer.is_floating_point())
+
+
+_weights_dtype = property(lambda self: _first_weight(self).dtype)
+_weights_device = property(lambda self: _first_weight(self).device)
+
+
+@contextlib.contextmanager
+def towers_outside_engine(model: torch.nn.Module, device: torch.device):
+    """Build the DeepSpeed engine around `model` with its frozen towers (CLIP) replaced by whole copies
+    (`_replicated`) and detached meanwhile, so ZeRO-3 neither partitions nor hooks them: CLIP runs only on ranks whose
+    batch has an image, and ZeRO-3 requires every rank to call its hooked modules in the same order. They are put back
+    (on `device`) after."""
+    towers = _frozen_towers(model)
+    for parent, name in towers:
+        parent._modules[name] = _replicated(parent._modules[name]).to(device)
+    detached = [(parent, name, parent._modules.pop(name)) for parent, name in towers]
+    try:
+        yield
+    finally:
+        for parent, name, tower in detached:
+            parent._modules[name] = tower
+
+
+def keep_frozen_towers_out_of_zero3(accelerator: Accelerator) -> bool:
+    """Make the accelerator build its ZeRO-3 engines with `towers_outside_engine`; returns whether it will."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3 or getattr(accelerator, "_towers_outside_engine", False):
+        return False
+    prepare = accelerator._prepare_deepspeed
+
+    def prepare_without_towers(*args):
+        with contextlib.ExitStack() as stack:
+            for arg in args:
+                if isinstance(arg, torch.nn.Module):
+                    stack.enter_context(towers_outside_engine(arg, accelerator.device))
+            return prepare(*args)
+
+    accelerator._prepare_deepspeed = prepare_without_towers
+    accelerator._towers_outside_engine = True
+    return True
+
+
+__all__ = ["OrderedReductionEngine", "install_ordered_reduction", "keep_frozen_towers_out_of_zero3", "towers_outside_engine"]
