@@ -348,6 +348,9 @@ def load_model(folder: str | Path) -> DreamLLMForCausalLM:
         missing = sorted(info["missing_keys"])
         raise InputError(f"{folder}: its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...); "
                          "DreamLLM folders are complete: save or convert it again")
+    # Saves write the model's own key names, the folder's format. (Loaded into ZeRO-3 partitions, transformers records
+    # every key conversion it knows as used, and a save would rename `model.language_model.*` to a legacy layout.)
+    model._weight_conversions = []
     register_auto_classes(model.config)
     return model
 
