@@ -93,7 +93,8 @@ def _replicated(tower: torch.nn.Module) -> torch.nn.Module:
     names in `state_dict`, so saved folders are unchanged)."""
     import deepspeed
 
-    plain = type(tower)(tower.config)
+    with torch.random.fork_rng(devices=[]):  # its throw-away initialisation must not move the run's random stream
+        plain = type(tower)(tower.config)
     partitioned = [param for param in tower.parameters() if hasattr(param, "ds_id")]
     with deepspeed.zero.GatheredParameters(partitioned, enabled=bool(partitioned)):
         plain.load_state_dict(tower.state_dict())

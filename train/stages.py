@@ -438,6 +438,11 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         interleaved_blocks=ALIGNMENTS[script_args.alignment].interleaved_blocks,
         pair_min_size=script_args.pair_min_size,
     )
+    if script_args.streaming and training_args.accelerator_config.dispatch_batches is None:
+        # Each process reads its own shards of the stream (see docs/scaling.md), instead of accelerate's default
+        # for iterable datasets: the main process reads every batch and sends slices of it, which cannot slice a
+        # DreamLLM batch (its images are not one per row).
+        training_args.accelerator_config.dispatch_batches = False
     model = load_model(folder)
     set_stage_trainable(model, script_args.stage, script_args.alignment)
     if script_args.lora_r:

@@ -212,8 +212,9 @@ class DreamLLMTrainer(SFTTrainer):
     def same_graph_on_every_rank(self) -> bool:
         """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as
         they become ready (FSDP, ZeRO-2/3), so every rank must run the same forwards and give every trainable
-        parameter a gradient, whatever its batch holds (DDP finds unused parameters itself)."""
-        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+        parameter a gradient, whatever its batch holds. DDP finds unused parameters itself, but it broadcasts buffers
+        in every forward and expects one forward per backward: several processes run one forward per step too."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1
 
     def _reduce_unused_parameters(self, model) -> None:
         if self.is_deepspeed_enabled:  # ZeRO-2/3: gradients reduced in parameter order (see train.deepspeed_zero)
