@@ -14,6 +14,14 @@ pass over the parameters in the optimizer's order runs before `engine.step()`. `
 engine exists:
 
     install_ordered_reduction(trainer.accelerator)   # no-op unless the accelerator drives a ZeRO-2/3 engine
+
+ZeRO-3 also partitions and hooks every parameter of the engine's module and requires every rank to call the hooked
+modules in the same order, while the frozen CLIP runs only on ranks whose batch has an image.
+`keep_frozen_towers_out_of_zero3` makes the accelerator build its engine with CLIP replaced by a whole copy whose weights
+are buffers (same `state_dict` keys) and detached meanwhile, so ZeRO-3 neither partitions nor hooks it; no input is
+made up for CLIP:
+
+    keep_frozen_towers_out_of_zero3(trainer.accelerator)   # before accelerator.prepare; no-op unless ZeRO-3
 """
 
 from __future__ import annotations
