@@ -39,10 +39,10 @@ from trl import SFTConfig, SFTTrainer
 from processing_dreamllm import IGNORE_INDEX
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
 from train.cpu_fsdp import enable_fsdp_on_cpu
-from train.deepspeed_zero import install_ordered_reduction, keep_frozen_towers_out_of_zero3
 from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
+from train.deepspeed_zero import install_ordered_reduction, keep_frozen_towers_out_of_zero3
 from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
