@@ -1,6 +1,7 @@
 """FSDP2 for real on two CPU processes (gloo), launched with the shipped `fsdp2.yaml` and CPU flags: the LLM's
-decoder layers are sharded while CLIP, UNet and VAE are not, the folders written are plain DreamLLM folders, a run
-resumed from a sharded checkpoint ends where the uninterrupted one does, and the result matches data parallel."""
+decoder layers are sharded while CLIP, UNet and VAE are not, the folders written are plain DreamLLM folders, and a run
+resumed from a sharded checkpoint ends where the uninterrupted one does. (FSDP2 against DDP, ZeRO-2 and ZeRO-3:
+tests/test_train_engines.py.)"""
 
 import json
 import os
@@ -83,12 +84,9 @@ def _free_port() -> int:
 
 def _launch(mode: str, tiny_folder: Path, data: list[Path], output: Path, script: Path) -> list[dict]:
     """`accelerate launch` on 2 CPU processes: FSDP2 through the shipped config with CPU flags (the command of
-    docs/scaling.md), or data parallel as in test_train_cli."""
+    docs/scaling.md)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    if mode == "fsdp":
-        launcher += ["--config_file", str(REPO_ROOT / "train" / "accelerate_configs" / "fsdp2.yaml")]
-    else:
-        launcher += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    launcher += ["--config_file", str(REPO_ROOT / "train" / "accelerate_configs" / "fsdp2.yaml")]
     launcher += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port())]
     training = ["--stage", "igpt", "--model_name_or_path", str(tiny_folder), "--data", str(data[0]),
                 "--data", str(data[1]), "--max_steps", str(STEPS), "--per_device_train_batch_size", "1",
@@ -105,14 +103,13 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_fsdp2_shards_the_llm_saves_plain_folders_resumes_and_matches_ddp(tiny_folder, tmp_path):
+def test_fsdp2_shards_the_llm_saves_plain_folders_and_resumes(tiny_folder, tmp_path):
     script = tmp_path / "run_and_record.py"
     script.write_text(textwrap.dedent(RUN_AND_RECORD))
     data = [write_pair_folder(tmp_path / "pairs"), write_mmc4(tmp_path / "mmc4")]
-    fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
-    fsdp.mkdir(), ddp.mkdir()
+    fsdp = tmp_path / "fsdp"
+    fsdp.mkdir()
     fsdp_reports = _launch("fsdp", tiny_folder, data, fsdp, script)
-    ddp_reports = _launch("ddp", tiny_folder, data, ddp, script)
 
     # Sharded during training: every trained parameter is a DTensor, split across the two ranks; each decoder
     # layer is its own FSDP unit besides the root; CLIP (ignored module) and the decoder (outside the model) are
@@ -130,8 +127,6 @@ def test_fsdp2_shards_the_llm_saves_plain_folders_resumes_and_matches_ddp(tiny_f
             assert not any(name.startswith("model.vision_tower") for name in units)
             assert not any(name.startswith("model.vision_tower.") for name in run["trainable"] + run["dtensor"])
             assert run["decoder_dtensor"] == 0 and run["decoder_params"] > 0
-    for report in ddp_reports:
-        assert report["full"]["distributed_type"] == "DistributedType.MULTI_CPU" and not report["full"]["dtensor"]
 
     # Plain DreamLLM folders: the final model and every checkpoint have the assembled folder's keys, its code files
     # and auto_map (not the FSDP wrapper class), and the decoder.
@@ -149,7 +144,6 @@ def test_fsdp2_shards_the_llm_saves_plain_folders_resumes_and_matches_ddp(tiny_f
     assert type(loaded).__name__ == "DreamLLMForCausalLM"
 
     full, resumed = _weights(fsdp / "full"), _weights(fsdp / "resumed")
-    ddp_final = _weights(ddp / "full")
     for key in initial:
         if key.startswith("model.vision_tower."):
             assert torch.equal(full[key], initial[key]), key  # frozen, and saved whole
@@ -163,12 +157,3 @@ def test_fsdp2_shards_the_llm_saves_plain_folders_resumes_and_matches_ddp(tiny_f
     for got, expected in zip(resumed_losses, full_losses):
         for name in ("loss", "lm_loss", "diffusion_loss"):
             assert abs(got[name] - expected[name]) <= 1e-5 * max(1.0, abs(expected[name])), (name, got, expected)
-    # FSDP2 and DDP, same data, seed and steps: the same losses and weights up to float32 reduction order
-    # (tolerance: 1e-4 relative on the losses, 1e-5 absolute on the weights).
-    fsdp_losses, ddp_losses = fsdp_reports[0]["full"]["losses"], ddp_reports[0]["full"]["losses"]
-    assert len(fsdp_losses) == len(ddp_losses) == STEPS
-    for got, expected in zip(fsdp_losses, ddp_losses):
-        for name in ("loss", "lm_loss", "diffusion_loss"):
-            assert abs(got[name] - expected[name]) <= 1e-4 * max(1.0, abs(expected[name])), (name, got, expected)
-    for key in ddp_final:
-        torch.testing.assert_close(full[key], ddp_final[key], rtol=0, atol=1e-5)

@@ -358,6 +358,9 @@ def load_model(folder: str | Path) -> DreamLLMForCausalLM:
         missing = sorted(info["missing_keys"])
         raise InputError(f"{folder}: its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...); "
                          "DreamLLM folders are complete: save or convert it again")
+    # Saves write the model's own key names, the folder's format. (Loaded into ZeRO-3 partitions, transformers records
+    # every key conversion it knows as used, and a save would rename `model.language_model.*` to a legacy layout.)
+    model._weight_conversions = []
     register_auto_classes(model.config)
     return model
 
@@ -445,6 +448,11 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
         interleaved_blocks=ALIGNMENTS[script_args.alignment].interleaved_blocks,
         pair_min_size=script_args.pair_min_size,
     )
+    if script_args.streaming and training_args.accelerator_config.dispatch_batches is None:
+        # Each process reads its own shards of the stream (see docs/scaling.md), instead of accelerate's default
+        # for iterable datasets: the main process reads every batch and sends slices of it, which cannot slice a
+        # DreamLLM batch (its images are not one per row).
+        training_args.accelerator_config.dispatch_batches = False
     model = load_model(folder)
     set_stage_trainable(model, script_args.stage, script_args.alignment)
     if script_args.lora_r:

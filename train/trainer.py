@@ -45,9 +45,11 @@ from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.checkpoints import check_resumable, weight_names
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
+from train.deepspeed_zero import install_ordered_reduction, keep_frozen_towers_out_of_zero3
 from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
 from train.folders import clear_staging, publish_folder, staging_path
+from train.same_graph import append_null_row, project_images_first
 
 TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs saved merged: the adapter, for resuming; the root holds the plain model
@@ -232,14 +234,18 @@ class DreamLLMTrainer(SFTTrainer):
             # The units FSDP shards are the decoder layers of the LLM actually loaded (LlamaDecoderLayer,
             # Qwen2DecoderLayer, ...), unless the launch config names its own.
             plugin.transformer_cls_names_to_wrap = self._dreamllm().model.fsdp_wrap_classes
+        keep_frozen_towers_out_of_zero3(self.accelerator)  # CLIP replicated and unhooked under ZeRO-3
 
     def same_graph_on_every_rank(self) -> bool:
         """FSDP and DeepSpeed gather parameters inside forwards (FSDP, ZeRO-3) and reduce gradients in buckets as
         they become ready (FSDP, ZeRO-2/3), so every rank must run the same forwards and give every trainable
-        parameter a gradient, whatever its batch holds (DDP finds unused parameters itself)."""
-        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+        parameter a gradient, whatever its batch holds. DDP finds unused parameters itself, but it broadcasts buffers
+        in every forward and expects one forward per backward: several processes run one forward per step too."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1
 
     def _reduce_unused_parameters(self, model) -> None:
+        if self.is_deepspeed_enabled:  # ZeRO-2/3: gradients reduced in parameter order (see train.deepspeed_zero)
+            install_ordered_reduction(self.accelerator)
         # A rank whose batch has no image (or no creation block) leaves the visual projector (or the dream queries)
         # without a gradient; FSDP2 must still reduce-scatter a zero for it, or the ranks' collectives differ.
         if isinstance(model, FSDPModule) and not getattr(model, "_dreamllm_reduces_unused", False):
@@ -289,8 +295,15 @@ class DreamLLMTrainer(SFTTrainer):
         # very different lengths run as length buckets, each without the longer rows' padding; their condition
         # blocks come back in row order, which is the order of the targets.
         same_graph = self.same_graph_on_every_rank()
-        if same_graph:
+        null_row = same_graph and model.training and bool(self.diffusion_loss_weight)
+        image_tie = None
+        if same_graph:  # every rank calls the same modules in the same order (see train.same_graph)
             self._reduce_unused_parameters(model)
+            if null_row:
+                null_ids = self._dreamllm(model).model.null_condition_ids(device=inputs["input_ids"].device)
+                inputs, labels = append_null_row(inputs, labels, null_ids, self.processing_class.tokenizer.pad_token_id)
+            if self.is_deepspeed_enabled:
+                inputs, image_tie = project_images_first(self._dreamllm(model), inputs)
         if buckets is None or return_outputs or same_graph:  # one forward per step on every rank
             forwards = [(model(**inputs, use_cache=False), labels)]
         else:
@@ -311,7 +324,10 @@ class DreamLLMTrainer(SFTTrainer):
         targets = targets if self.diffusion_loss_weight else None
         null = None
         drop_prob = self.condition_drop_prob if model.training else 0.0
-        if drop_prob > 0 and (condition_embeds is not None or same_graph):
+        if null_row:  # the last creation block is the null condition's row
+            null, condition_embeds = condition_embeds[-1:], condition_embeds[:-1]
+            condition_embeds = condition_embeds if len(condition_embeds) else None
+        elif drop_prob > 0 and condition_embeds is not None:
             null = self.null_condition(model)
         # Without creation blocks the loss is a zero tied to the creation parameters, so a single process sees
         # them in the graph; under DDP/FSDP/DeepSpeed it is a plain zero, since a parameter used outside the
@@ -323,10 +339,8 @@ class DreamLLMTrainer(SFTTrainer):
         loss = self.lm_loss_weight * lm_loss + self.diffusion_loss_weight * diffusion_loss
         if null is not None and condition_embeds is None:  # no creation block here: the same graph anyway
             loss = loss + 0.0 * null.float().sum()
-        if same_graph and self.is_deepspeed_enabled and inputs.get("pixel_values") is None:
-            # No image in this rank's batch: a zero gradient for the visual projector, as FSDP2 reduces one itself.
-            projector = self._dreamllm(model).model.vision_projector
-            loss = loss + 0.0 * sum(param.float().sum() for param in projector.parameters())
+        if image_tie is not None:  # no image in this rank's batch: a zero gradient for the visual projector
+            loss = loss + 0.0 * image_tie
 
         mode = "train" if model.training else "eval"
         terms = torch.stack([lm_loss.detach().float(), diffusion_loss.detach().float().to(lm_loss.device)])
