@@ -19,7 +19,7 @@ from train.convert import release as release_configs
 from train.convert.original import convert_original, main
 from train.convert.sources import ConversionError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def convert(ckpt, output: Path, **kwargs) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import train.folders as folders
 from train.folders import publish_folder, staged_folder, staging_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_model(folder: Path, generation: int, files: int = 6) -> None:

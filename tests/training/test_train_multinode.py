@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from train.data.example_files import write_pair_folder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from train.data.example_files import write_pair_folder
 from train.errors import InputError
 from train.stages import build_trainer, load_model, load_processor, main, parse_args
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_benchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_benchmark.py"
 
 
 def test_tiny_run_prints_one_table_of_every_measurement(capsys):

@@ -1,4 +1,4 @@
-"""The recipes' datasets as their preparation tools write them (tests/dataset_formats.py), read by the training data
+"""The recipes' datasets as their preparation tools write them (tests/training/dataset_formats.py), read by the training data
 layer, and the official label options (`pair_labels`, `reply_dream_labels`, interleaved blocks per alignment run)."""
 
 import json

@@ -1,7 +1,7 @@
 """transformers' common model tests (`ModelTesterMixin` from the 5.24 sources) run against DreamLLM the way
 transformers' tests/models/llava/test_modeling_llava.py runs them against LLaVA: a tester builds a tiny config and
 inputs whose rows each hold an image block and a creation block. Generation is checked by `GenerationChecks`
-(tests/transformers_common.py), standing in for `GenerationTesterMixin`, which the sdist does not ship."""
+(tests/model/transformers_common.py), standing in for `GenerationTesterMixin`, which the sdist does not ship."""
 
 import unittest
 from unittest import mock
@@ -150,7 +150,7 @@ SKIPS = {
     "test_model_rope_scaling_from_config": "feeds random ids holding <im_patch> outside any block, which DreamLLM "
     "refuses; RoPE scaling is LlamaModel's, tested by transformers' LLaMA tests",
     "test_training_gradient_checkpointing": "asserts every trainable weight gets a gradient from the LM loss alone; "
-    "condition_projector learns from the diffusion loss (tests/test_modeling.py checks its gradients)",
+    "condition_projector learns from the diffusion loss (tests/model/test_modeling.py checks its gradients)",
 }
 for _name in dir(DreamLLMCommonModelTest):
     for _prefix, _reason in SKIPS.items():

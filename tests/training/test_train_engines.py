@@ -22,7 +22,7 @@ from train.data.example_files import shape_items, write_pair_folder
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -r requirements.txt)")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "train" / "accelerate_configs"
 STEPS = 4
 # Tolerances against DDP (float32 on CPU; only the reduction order differs, and AdamW's handling of a parameter no rank

@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from train.toy.model_card import KNOWLEDGE_HEADING, refresh_model_card, write_model_card
 from train.toy.world import COLORS, POSITION_PHRASES, SHAPES
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "toy"
 
 
 def knowledge(card_text: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ROOT = REPO_ROOT / ".cache" / "transformers-tests"
 PACKAGE = "transformers_sdist_tests"
 NEEDED = ("test_modeling_common.py",)

@@ -10,7 +10,7 @@ import torch
 from train.toy.judge import score_scene
 from train.toy.world import ATTRIBUTES, caption, render, sample_instruction, sample_qa, sample_scene
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "toy"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "toy"
 pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="checkpoints/toy is not built")
 SEED = 123_456  # neither training (< 10_000) nor `train.toy.evaluate` (10_000..10_002) uses it
 # Floors well above chance (answers ~23%, colour 17%, shape 33%, position 20%) and below what the committed weights

@@ -15,7 +15,7 @@ from train.merge_alignment import merge_alignment
 from train.recipe import check_formats, load_recipe
 from train.stages import main, parse_args, resolve_max_steps
 
-RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes" / "dreamllm-7b"
+RECIPES = Path(__file__).resolve().parents[2] / "train" / "recipes" / "dreamllm-7b"
 PROJECTORS = ["model.vision_projector", "model.dream_queries", "model.condition_projector"]
 LLM = ["model.language_model", "lm_head"]
 
@@ -190,7 +190,7 @@ def test_module_entry_point_prints_a_recipe_and_dispatches_merge(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     printed = subprocess.run([sys.executable, "-m", "train", "--recipe", str(RECIPES / "sft.yaml"), "--print_config",
                               "--data_root", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """FSDP2 for real on two CPU processes (gloo), launched with the shipped `fsdp2.yaml` and CPU flags: the LLM's
 decoder layers are sharded while CLIP, UNet and VAE are not, the folders written are plain DreamLLM folders, and a run
 resumed from a sharded checkpoint ends where the uninterrupted one does. (FSDP2 against DDP, ZeRO-2 and ZeRO-3:
-tests/test_train_engines.py.)"""
+tests/training/test_train_engines.py.)"""
 
 import json
 import os
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from train.data.example_files import write_mmc4, write_pair_folder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
 
 # Each rank runs this: a full run with a checkpoint at step 2, then (FSDP only) a second run resumed from it. A

@@ -15,7 +15,7 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig  # noqa
 
 from train.stages import parse_args  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "train" / "accelerate_configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "train" / "accelerate_configs"
 
 
 def deepspeed_config(name: str, tiny_model, tmp_path, monkeypatch, *, micro_batch: int = 4, accumulation: int = 2):

@@ -14,7 +14,7 @@ from PIL import Image
 import generate
 from generate import new_document_folder, render_page, slug, write_document
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAIN_PROMPT = "Tell a short story about a square that changes color, with pictures."
 
 

@@ -13,7 +13,7 @@ import yaml
 from train.data.example_files import write_mmc4, write_pair_folder
 from train.stages import parse_args
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict:
