@@ -47,8 +47,9 @@ from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from train.folders import staged_folder
 
-# The official release adds these in this order (ids then follow the tokenizer; they are read back, never assumed).
-ADDED_TOKENS = ["<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>", "<dream_end>"]
+# Added in SPECIAL_TOKENS' order, the official release's (ids then follow the tokenizer; they are read back, never
+# assumed).
+ADDED_TOKENS = list(SPECIAL_TOKENS.values())
 DECODER_SUBFOLDERS = ("unet", "vae", "scheduler")
 AUTO_MAP = {
     "AutoConfig": "configuration_dreamllm.DreamLLMConfig",
