@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import run_isolated
-from pipeline_dreamllm import DreamLLMPipeline
+from pipeline_dreamllm import DreamLLMPipeline, DreamLLMStreamer
 
 STEPS = 2
 DECODER_SIZE = (16, 16)  # tiny UNet sample 8 x VAE scale factor 2
@@ -84,9 +84,12 @@ def seeded():
 def test_folder_is_a_diffusers_pipeline(tiny_folder):
     index = json.loads((tiny_folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_dreamllm", "DreamLLMPipeline"]
-    assert index["llm"] == index["processor"] == [None, None]
+    # The llm and processor live at the root, where diffusers' loader reads a component without a subfolder.
+    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForCausalLM"]
+    assert index["processor"] == ["processing_dreamllm", "DreamLLMProcessor"]
+    assert not (tiny_folder / "llm").exists() and not (tiny_folder / "processor").exists()
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
-    assert (tiny_folder / "pipeline_dreamllm.py").is_file()
+    assert (tiny_folder / "pipeline_dreamllm.py").is_file() and (tiny_folder / "interleaved_dreamllm.py").is_file()
     # the folder keeps the training scheduler; the sampler is built from it
     training_scheduler = json.loads((tiny_folder / "scheduler" / "scheduler_config.json").read_text())
     assert training_scheduler["_class_name"] == "DDIMScheduler"
@@ -138,19 +141,21 @@ llm = AutoModelForCausalLM.from_pretrained({str(second)!r}, trust_remote_code=Tr
 processor = AutoProcessor.from_pretrained({str(second)!r}, trust_remote_code=True)
 print("auto classes", type(llm).__name__, type(processor).__name__)
 sys.path.insert(0, {str(second)!r})  # the folder's own copy of the pipeline module, no trust_remote_code
-from pipeline_dreamllm import DreamLLMPipeline
+from pipeline_dreamllm import DreamLLMPipeline, DreamLLMStreamer
 own = DreamLLMPipeline.from_pretrained({str(second)!r})
 own.set_progress_bar_config(disable=True)
 direct = own("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="np").images
 print("class-level load identical", np.array_equal(reference, direct))
-# A variant saved beside the default weights, with other values: the generic loader reads it for every component.
+# A variant saved beside the default weights, with other values: the generic loader reads it for every component in
+# a subfolder (diffusers looks for variants there); the llm's root variant is read by DreamLLMPipeline.from_pretrained.
 with torch.no_grad():
     pipe.llm.model.dream_queries.weight.add_(1.0)
     pipe.unet.conv_in.bias.add_(1.0)
 pipe.save_pretrained({str(first)!r}, variant="fp16")
 variant = DiffusionPipeline.from_pretrained({str(first)!r}, variant="fp16", trust_remote_code=True, device_map="cpu")
 default = DiffusionPipeline.from_pretrained({str(first)!r}, trust_remote_code=True)
-for name, loaded in (("variant", variant), ("default", default)):
+own_variant = DreamLLMPipeline.from_pretrained({str(first)!r}, variant="fp16")
+for name, loaded in (("variant", variant), ("default", default), ("own variant", own_variant)):
     same = [torch.equal(loaded.llm.model.dream_queries.weight, pipe.llm.model.dream_queries.weight),
             torch.equal(loaded.unet.conv_in.bias, pipe.unet.conv_in.bias)]
     print(name, "llm and unet are the variant", same)
@@ -165,7 +170,8 @@ except ValueError as error:
     assert "reloaded identical True" in output
     assert "auto classes DreamLLMForCausalLM DreamLLMProcessor" in output
     assert "class-level load identical True" in output
-    assert "variant llm and unet are the variant [True, True]" in output
+    assert "variant llm and unet are the variant [False, True]" in output
+    assert "own variant llm and unet are the variant [True, True]" in output
     assert "default llm and unet are the variant [False, False]" in output
     assert "device map cpu cpu" in output
     assert "unsaved variant ValueError True" in output
@@ -176,9 +182,11 @@ except ValueError as error:
     assert set(files(first)) >= set(files(tiny_folder))
     for name in ("model_index.json", "config.json", "processor_config.json", "scheduler/scheduler_config.json"):
         assert (first / name).read_text() == (second / name).read_text(), name
-    assert (first / "scheduler" / "scheduler_config.json").read_text() == (
-        tiny_folder / "scheduler" / "scheduler_config.json"
-    ).read_text()
+    # the sampler is saved as is; it keeps the noise schedule the decoder was trained with
+    saved, trained = (json.loads((root / "scheduler" / "scheduler_config.json").read_text()) for root in (first, tiny_folder))
+    assert saved["_class_name"] == "DPMSolverMultistepScheduler"
+    assert {key: saved[key] for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")} == {
+        key: trained[key] for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")}
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
 
@@ -273,11 +281,17 @@ def test_generate_interleaved_with_weights_that_emit_dream_start(pipe):
     fixed_logits_head(pipe, {text_token: 0.0, config.dream_start_token_id: 0.0})  # a coin flip between the two
     pipe.null_condition()  # cached once for the pipeline, outside the document
     fed = count_calls(pipe.llm, lambda args, kwargs: kwargs["input_ids"].shape[1])
-    streamed = []
+    streamer = DreamLLMStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = pipe.generate_interleaved(
         "Tell a story", max_new_tokens=12, max_images=2, do_sample=True, generator=torch.Generator().manual_seed(6),
-        num_inference_steps=STEPS, callback=streamed.append,
+        num_inference_steps=STEPS, streamer=streamer,
     )
+    streamed = []  # text pieces joined into runs, images as they came
+    for piece in streamer:
+        if isinstance(piece, str) and streamed and isinstance(streamed[-1], str):
+            streamed[-1] += piece
+        elif piece != "":
+            streamed.append(piece)
     kinds = ["text" if isinstance(segment, str) else "image" for segment in out.segments]
     assert kinds == ["text", "image", "text", "image", "text"], kinds  # this seed's coin flips
     assert kinds == document_structure(out.token_ids[out.num_prompt_tokens :].tolist(), config)
@@ -349,15 +363,3 @@ def test_transformers_image_text_to_text_pipeline_reads_the_same_folder(tiny_fol
     messages = [{"role": "user", "content": [{"type": "image", "image": rgb_image}, {"type": "text", "text": "What?"}]}]
     (answer,) = understand(text=messages, max_new_tokens=3)
     assert answer["generated_text"][-1]["role"] == "assistant"
-
-
-def test_token_sampling_greedy_and_nucleus():
-    from pipeline_dreamllm import _sample_next_token
-
-    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
-    assert _sample_next_token(logits, False, 1.0, 1.0, None) == 1
-    generator = torch.Generator().manual_seed(0)
-    nucleus = {_sample_next_token(logits, True, 1.0, 0.5, generator) for _ in range(50)}
-    assert nucleus == {1}  # the top token alone holds half the mass
-    wide = {_sample_next_token(logits, True, 1.0, 0.9, generator) for _ in range(200)}
-    assert wide == {1, 2}
