@@ -137,6 +137,8 @@ again.set_progress_bar_config(disable=True)
 again.save_pretrained({str(second)!r})
 reloaded = again("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="np").images
 print("reloaded identical", np.array_equal(reference, reloaded))
+story = again.generate_interleaved("Tell a story", max_new_tokens=2, num_inference_steps={STEPS})
+print("interleaved from the folder", type(story).__module__, len(story.token_ids) == story.num_prompt_tokens + 2)
 llm = AutoModelForCausalLM.from_pretrained({str(second)!r}, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained({str(second)!r}, trust_remote_code=True)
 print("auto classes", type(llm).__name__, type(processor).__name__)
@@ -168,6 +170,8 @@ except ValueError as error:
         cwd=tmp_path,
     )
     assert "reloaded identical True" in output
+    # diffusers copied the interleaved module with the pipeline from the saved folder into its module namespace
+    assert "interleaved from the folder diffusers_modules.local.interleaved_dreamllm True" in output
     assert "auto classes DreamLLMForCausalLM DreamLLMProcessor" in output
     assert "class-level load identical True" in output
     assert "variant llm and unet are the variant [False, True]" in output

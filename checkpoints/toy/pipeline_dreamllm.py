@@ -309,7 +309,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         missing = [name for name in names if getattr(self, name, None) is None]
         if missing:
             raise ValueError(
-                f"{work} needs the pipeline's {' and '.join(missing)}, which this pipeline has as None; load it with "
+                f"{work} needs the pipeline's {', '.join(missing)}, which this pipeline has as None; load it with "
                 f"them (or pass them: `DreamLLMPipeline.from_pretrained(folder, {missing[0]}=...)`)"
             )
 
