@@ -22,7 +22,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from pipeline_dreamllm import DreamLLMPipeline, DreamLLMStreamer
+from pipeline_dreamllm import DEFAULT_GUIDANCE_SCALE, DreamLLMPipeline, DreamLLMStreamer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "toy"
 MAX_PROMPT_CHARS = 2_000
@@ -181,7 +181,8 @@ def build_demo(pipe: DreamLLMPipeline, folder: Path) -> gr.Blocks:
         )
         with gr.Row():
             steps = gr.Slider(*LIMITS.steps, value=25, step=1, label="Diffusion steps")
-            guidance = gr.Slider(*LIMITS.guidance, value=3.0 if toy else 7.5, step=0.5, label="Guidance scale")
+            guidance = gr.Slider(*LIMITS.guidance, value=3.0 if toy else DEFAULT_GUIDANCE_SCALE, step=0.5,
+                                 label="Guidance scale")
             seed = gr.Number(value=0, precision=0, minimum=LIMITS.seed[0], maximum=LIMITS.seed[1], label="Seed")
             max_images = gr.Slider(*LIMITS.max_images, value=4, step=1, label="Maximum images")
             max_new_tokens = gr.Slider(*LIMITS.max_new_tokens, value=80 if toy else 256, step=1,

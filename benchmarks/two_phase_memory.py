@@ -32,7 +32,10 @@ sys.path.insert(0, {root!r})
 from pipeline_dreamllm import DreamLLMPipeline
 mode, folder, embeds, steps = {mode!r}, {folder!r}, {embeds!r}, {steps}
 leave_out = {{"encode": dict(unet=None, vae=None, scheduler=None), "decode": dict(llm=None, processor=None)}}
-pipe = DreamLLMPipeline() if mode == "none" else DreamLLMPipeline.from_pretrained(folder, **leave_out.get(mode, {{}}))
+if mode == "none":
+    pipe = DreamLLMPipeline()
+else:
+    pipe = DreamLLMPipeline.from_pretrained(folder, **leave_out.get(mode, {{}}))
 pipe.set_progress_bar_config(disable=True)
 prompt, generator = "a red circle on the left", torch.Generator().manual_seed(0)
 if mode == "none":
@@ -72,8 +75,12 @@ def main(argv: list[str] | None = None) -> str:
         encode = run_phase("encode", args.model, embeds, args.steps)
         decode = run_phase("decode", args.model, embeds, args.steps)
     mib = 2**20
-    rows = [("libraries only (`DreamLLMPipeline()`, nothing loaded)", none), ("one phase (llm + decoder)", one), ("phase 1: `encode_prompt` (unet, vae, scheduler None)", encode),
-            ("phase 2: `prompt_embeds=` (llm, processor None)", decode)]
+    rows = [
+        ("libraries only (`DreamLLMPipeline()`, nothing loaded)", none),
+        ("one phase (llm + decoder)", one),
+        ("phase 1: `encode_prompt` (unet, vae, scheduler None)", encode),
+        ("phase 2: `prompt_embeds=` (llm, processor None)", decode),
+    ]
     table = ["| run | weights held (MiB) | peak RSS (MiB) |", "|---|---:|---:|"]
     table += [f"| {name} | {r['weights'] / mib:.1f} | {r['peak_rss'] / mib:.0f} |" for name, r in rows]
     table.append(f"\nTwo-phase images equal one-phase images: {one['image'] == decode['image']}")

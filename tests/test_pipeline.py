@@ -187,10 +187,11 @@ except ValueError as error:
     for name in ("model_index.json", "config.json", "processor_config.json", "scheduler/scheduler_config.json"):
         assert (first / name).read_text() == (second / name).read_text(), name
     # the sampler is saved as is; it keeps the noise schedule the decoder was trained with
-    saved, trained = (json.loads((root / "scheduler" / "scheduler_config.json").read_text()) for root in (first, tiny_folder))
+    saved, trained = (json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+                      for root in (first, tiny_folder))
     assert saved["_class_name"] == "DPMSolverMultistepScheduler"
-    assert {key: saved[key] for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")} == {
-        key: trained[key] for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")}
+    schedule = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")
+    assert {key: saved[key] for key in schedule} == {key: trained[key] for key in schedule}
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
 

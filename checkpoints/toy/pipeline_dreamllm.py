@@ -53,14 +53,13 @@ except ImportError:  # imported as a top-level module (tests, scripts, train.ass
     DreamLLMProcessor = importlib.import_module("processing_dreamllm").DreamLLMProcessor
     _interleaved = importlib.import_module("interleaved_dreamllm")
     DreamLLMInterleavedOutput, DreamLLMStreamer = _interleaved.DreamLLMInterleavedOutput, _interleaved.DreamLLMStreamer
-    interleaved_logits_processor, write_document = _interleaved.interleaved_logits_processor, _interleaved.write_document
+    interleaved_logits_processor = _interleaved.interleaved_logits_processor
+    write_document = _interleaved.write_document
 
 # Sampling defaults: DPM-Solver++(2M) reaches the quality of 100+ ancestral DDPM steps in 20-30 steps.
 DEFAULT_SAMPLER = "DPMSolverMultistepScheduler"
 DEFAULT_NUM_INFERENCE_STEPS = 25
 DEFAULT_GUIDANCE_SCALE = 7.5
-# Components that live at the folder root (the transformers half); the others each have their subfolder.
-ROOT_COMPONENTS = ("llm", "processor")
 # Files that travel with the pipeline into every folder it saves (diffusers copies the relative imports too).
 PIPELINE_FILES = ("pipeline_dreamllm.py", "interleaved_dreamllm.py")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -71,12 +70,15 @@ IMAGE_TYPES = (PIL.Image.Image, np.ndarray, torch.Tensor)
 
 
 def _index_entry(component) -> list:
-    """A component's model_index.json entry: `[library, class]`, the library of a DreamLLM class being its file's
-    module name (however it was imported), `[null, null]` for a component left out."""
+    """A component's model_index.json entry: `[library, class]`, `[null, null]` for a component left out. The
+    library of a DreamLLM class is its file's module name, however the file was imported (top-level, or by
+    diffusers' dynamic-module loader as `diffusers_modules.local.modeling_dreamllm`)."""
     if component is None:
         return [None, None]
-    library = type(component).__module__
-    library = library.split(".")[0] if library.split(".")[0] in ("diffusers", "transformers") else library.rsplit(".", 1)[-1]
+    module = type(component).__module__
+    library = module.split(".")[0]
+    if library not in ("diffusers", "transformers"):
+        library = module.rsplit(".", 1)[-1]
     return [library, type(component).__name__]
 
 
@@ -95,13 +97,13 @@ def write_pipeline_index(folder: str | Path, scheduler_class: str = DEFAULT_SAMP
     ```
     """
     folder = Path(folder)
-    index = {"_class_name": ["pipeline_dreamllm", DreamLLMPipeline.__name__], "_diffusers_version": diffusers.__version__}
-    index["llm"] = _index_entry(None)
-    index["processor"] = _index_entry(None)
-    if (folder / "config.json").is_file():
-        index["llm"] = [DreamLLMForCausalLM.__module__.rsplit(".", 1)[-1], DreamLLMForCausalLM.__name__]
-    if (folder / "processor_config.json").is_file():
-        index["processor"] = [DreamLLMProcessor.__module__.rsplit(".", 1)[-1], DreamLLMProcessor.__name__]
+    index = {"_class_name": [Path(__file__).stem, DreamLLMPipeline.__name__]}
+    index["_diffusers_version"] = diffusers.__version__
+    # The root's transformers files, read by diffusers' loader from the root since no `llm/` or `processor/` exists.
+    for name, component_class, config in (("llm", DreamLLMForCausalLM, "config.json"),
+                                          ("processor", DreamLLMProcessor, "processor_config.json")):
+        library = component_class.__module__.rsplit(".", 1)[-1]
+        index[name] = [library, component_class.__name__] if (folder / config).is_file() else [None, None]
     for name in ("unet", "vae"):
         config = folder / name / "config.json"
         index[name] = ["diffusers", json.loads(config.read_text())["_class_name"]] if config.is_file() else [None, None]
@@ -120,7 +122,8 @@ def write_pipeline_index(folder: str | Path, scheduler_class: str = DEFAULT_SAMP
 def _root_has_variant(folder: Path, variant: str) -> bool:
     """Whether the folder root holds transformers weights of `variant` (`model.<variant>.safetensors`, shards or
     their index), which diffusers' loader looks for in component subfolders only."""
-    return any(folder.glob(f"model.{variant}*.safetensors")) or (folder / f"model.safetensors.index.{variant}.json").is_file()
+    index = folder / f"model.safetensors.index.{variant}.json"
+    return any(folder.glob(f"model.{variant}*.safetensors")) or index.is_file()
 
 
 def _prompt_batch(prompt, name: str = "prompt") -> list[list]:
@@ -582,7 +585,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             if self.llm is None:
                 raise ValueError(
                     "Guidance without `negative_prompt_embeds` needs the null condition, which the llm computes; this "
-                    "pipeline has llm=None: pass the `negative_prompt_embeds` that `encode_prompt` returned with the llm"
+                    "pipeline has llm=None: pass the `negative_prompt_embeds` that `encode_prompt` gave with the llm"
                 )
             negative_prompt_embeds = self.null_condition().expand(batch_size, -1, -1)
 
@@ -658,8 +661,9 @@ class DreamLLMPipeline(DiffusionPipeline):
                     f"{tuple(negative_prompt_embeds.shape)} must have the same shape"
                 )
 
-    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
-    # (given latents must have the batch's shape)
+    # Adapted from
+    # diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents:
+    # given latents must have the batch's shape.
     def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
         shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -694,7 +698,8 @@ class DreamLLMPipeline(DiffusionPipeline):
             extra_step_kwargs["generator"] = generator
         return extra_step_kwargs
 
-    def predict_noise(self, latent_model_input: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+    def predict_noise(self, latent_model_input: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor
+                      ) -> torch.Tensor:
         """The one call of the denoiser: the UNet on `latent_model_input` at step `t`, conditioned by the dream-query
         `conditions` as its cross-attention states. Another decoder family (added conditions, a transformer) is
         another body for this method."""
@@ -964,7 +969,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         Example:
 
         ```python
-        >>> out = pipe.generate_interleaved("A recipe with a picture per step:", max_images=3, do_sample=True, top_p=0.9)
+        >>> out = pipe.generate_interleaved("A recipe, a picture per step:", max_images=3, do_sample=True, top_p=0.9)
         >>> out.segments, out.num_llm_tokens == out.document_length
         ```
         """
@@ -977,7 +982,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         _check_positive_int(max_images, "max_images", allow_zero=True)
         _check_real(temperature, "temperature", lower=0.0)
         _check_real(top_p, "top_p", lower=0.0, upper=1.0, open_lower=True)
-        if streamer is not None and not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
             raise TypeError(f"`streamer` must have `put` and `end` methods (a transformers streamer), got "
                             f"{type(streamer).__name__}")
         do_sample = do_sample and temperature > 0  # temperature 0: the limit of sampling, greedy
