@@ -368,3 +368,16 @@ def test_transformers_image_text_to_text_pipeline_reads_the_same_folder(tiny_fol
     messages = [{"role": "user", "content": [{"type": "image", "image": rgb_image}, {"type": "text", "text": "What?"}]}]
     (answer,) = understand(text=messages, max_new_tokens=3)
     assert answer["generated_text"][-1]["role"] == "assistant"
+
+
+def test_a_hub_repo_is_downloaded_whole_then_loaded(tiny_folder, monkeypatch):
+    """diffusers' Hub download fetches a custom component's code from its subfolder; the llm and processor live at the
+    root, so `DreamLLMPipeline.from_pretrained` downloads the repo whole (offline here: the download returns a folder)."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kwargs: calls.append((repo_id, kwargs)) or str(tiny_folder))
+    pipe = DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny", revision="main", dtype=torch.bfloat16)
+    assert calls == [("someone/dreamllm-tiny", {"revision": "main"})]
+    assert pipe.llm.dtype == pipe.unet.dtype == torch.bfloat16

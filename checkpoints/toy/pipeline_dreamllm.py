@@ -63,6 +63,7 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 # Files that travel with the pipeline into every folder it saves (diffusers copies the relative imports too).
 PIPELINE_FILES = ("pipeline_dreamllm.py", "interleaved_dreamllm.py")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 # Height and width are bounded (at most this many times the decoder's trained side) so that a typo such as 100000
 # fails at once instead of allocating latents and attention maps without limit.
 MAX_SIZE_FACTOR = 8
@@ -321,8 +322,10 @@ class DreamLLMPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "DreamLLMPipeline":
         r"""
         diffusers' loader (`DiffusionPipeline.from_pretrained`) with this class's code, no `trust_remote_code`
-        needed. One addition: `variant` also selects the llm's weights at the folder root
-        (`model.<variant>.safetensors`), which diffusers looks for in component subfolders only.
+        needed. Two additions: `variant` also selects the llm's weights at the folder root
+        (`model.<variant>.safetensors`), which diffusers looks for in component subfolders only; and a Hub repo is
+        downloaded whole first (`revision`, `token`, `cache_dir`, `local_files_only`, `force_download` apply), as
+        diffusers' Hub download expects a custom component's code in its subfolder, where this layout has none.
 
         Example:
 
@@ -333,7 +336,13 @@ class DreamLLMPipeline(DiffusionPipeline):
         ```
         """
         folder, variant = Path(pretrained_model_name_or_path), kwargs.get("variant")
-        if variant is not None and "llm" not in kwargs and folder.is_dir() and _root_has_variant(folder, variant):
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            hub = {name: kwargs.pop(name) for name in HUB_KWARGS if name in kwargs}
+            folder = Path(snapshot_download(str(pretrained_model_name_or_path), **hub))
+            pretrained_model_name_or_path = folder
+        if variant is not None and "llm" not in kwargs and _root_has_variant(folder, variant):
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
             dtype = dtype.get("llm", dtype.get("default")) if isinstance(dtype, dict) else dtype
             loading = {"variant": variant, "dtype": dtype, "device_map": kwargs.get("device_map")}
