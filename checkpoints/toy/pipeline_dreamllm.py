@@ -63,6 +63,9 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 # Files that travel with the pipeline into every folder it saves (diffusers copies the relative imports too).
 PIPELINE_FILES = ("pipeline_dreamllm.py", "interleaved_dreamllm.py")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The llm and processor are at the folder root (transformers' files); every other component is in the subfolder of
+# its name, as diffusers lays pipelines out.
+ROOT_COMPONENTS = ("llm", "processor")
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 # Height and width are bounded (at most this many times the decoder's trained side) so that a typo such as 100000
 # fails at once instead of allocating latents and attention maps without limit.
@@ -101,15 +104,16 @@ def write_pipeline_index(folder: str | Path, scheduler_class: str = DEFAULT_SAMP
     index = {"_class_name": [Path(__file__).stem, DreamLLMPipeline.__name__]}
     index["_diffusers_version"] = diffusers.__version__
     # The root's transformers files, read by diffusers' loader from the root since no `llm/` or `processor/` exists.
-    for name, component_class, config in (("llm", DreamLLMForCausalLM, "config.json"),
-                                          ("processor", DreamLLMProcessor, "processor_config.json")):
+    roots = zip(ROOT_COMPONENTS, (DreamLLMForCausalLM, DreamLLMProcessor), ("config.json", "processor_config.json"))
+    for name, component_class, config in roots:
         library = component_class.__module__.rsplit(".", 1)[-1]
         index[name] = [library, component_class.__name__] if (folder / config).is_file() else [None, None]
-    for name in ("unet", "vae"):
-        config = folder / name / "config.json"
-        index[name] = ["diffusers", json.loads(config.read_text())["_class_name"]] if config.is_file() else [None, None]
-    has_scheduler = (folder / "scheduler" / "scheduler_config.json").is_file()
-    index["scheduler"] = ["diffusers", scheduler_class] if has_scheduler else [None, None]
+    # Every other component in the subfolder of its name (diffusers' layout), entered by the class its config names;
+    # the scheduler by the class to sample with.
+    for name in sorted(set(DreamLLMPipeline._get_signature_keys(DreamLLMPipeline)[0]) - set(index)):
+        config = next((folder / name).glob("*config.json"), None)
+        class_name = scheduler_class if name == "scheduler" else config and json.loads(config.read_text())["_class_name"]
+        index[name] = ["diffusers", class_name] if config is not None else [None, None]
     index_file = folder / "model_index.json"
     index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     here = Path(__file__).parent
@@ -387,13 +391,13 @@ class DreamLLMPipeline(DiffusionPipeline):
         if self.processor is not None:
             type(self.processor).register_for_auto_class()
             self.processor.save_pretrained(save_directory)
-        for name in ("unet", "vae"):
-            if getattr(self, name) is not None:
-                getattr(self, name).save_pretrained(
-                    save_directory / name, safe_serialization=safe_serialization, **model_kwargs
-                )
-        if self.scheduler is not None:
-            self.scheduler.save_pretrained(save_directory / "scheduler")
+        for name, component in self.components.items():  # the decoder: each in the subfolder of its name
+            if component is None or name in ROOT_COMPONENTS:
+                continue
+            if isinstance(component, torch.nn.Module):
+                component.save_pretrained(save_directory / name, safe_serialization=safe_serialization, **model_kwargs)
+            else:
+                component.save_pretrained(save_directory / name)
         write_pipeline_index(save_directory)
         index_file = save_directory / "model_index.json"
         index = json.loads(index_file.read_text())
