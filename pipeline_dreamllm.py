@@ -300,12 +300,12 @@ class DreamLLMPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        llm: PreTrainedModel | None = None,
-        processor: ProcessorMixin | None = None,
-        unet: UNet2DConditionModel | None = None,
-        vae: AutoencoderKL | None = None,
-        scheduler: SchedulerMixin | None = None,
-    ):
+        llm: PreTrainedModel | None,
+        processor: ProcessorMixin | None,
+        unet: UNet2DConditionModel | None,
+        vae: AutoencoderKL | None,
+        scheduler: SchedulerMixin | None,
+    ):  # no defaults: diffusers' loader takes the parameters without one as the pipeline's components
         super().__init__()
         self.register_modules(llm=llm, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8

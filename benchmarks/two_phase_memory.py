@@ -5,7 +5,7 @@
 
 - one phase: the whole pipeline loaded, `pipe(prompt)`;
 - phase 1: loaded with `unet=None, vae=None, scheduler=None`, `encode_prompt` (conditions saved to a file);
-- libraries only: `DreamLLMPipeline()` with no component, the floor every process pays;
+- libraries only: a pipeline of no component, the floor every process pays;
 - phase 2: loaded with `llm=None, processor=None`, `pipe(prompt_embeds=..., negative_prompt_embeds=...)`.
 
 Peak resident memory is the process's `ru_maxrss`; the weights of the components each phase holds are counted
@@ -33,7 +33,7 @@ from pipeline_dreamllm import DreamLLMPipeline
 mode, folder, embeds, steps = {mode!r}, {folder!r}, {embeds!r}, {steps}
 leave_out = {{"encode": dict(unet=None, vae=None, scheduler=None), "decode": dict(llm=None, processor=None)}}
 if mode == "none":
-    pipe = DreamLLMPipeline()
+    pipe = DreamLLMPipeline(llm=None, processor=None, unet=None, vae=None, scheduler=None)
 else:
     pipe = DreamLLMPipeline.from_pretrained(folder, **leave_out.get(mode, {{}}))
 pipe.set_progress_bar_config(disable=True)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> str:
         decode = run_phase("decode", args.model, embeds, args.steps)
     mib = 2**20
     rows = [
-        ("libraries only (`DreamLLMPipeline()`, nothing loaded)", none),
+        ("libraries only (a pipeline of no component)", none),
         ("one phase (llm + decoder)", one),
         ("phase 1: `encode_prompt` (unet, vae, scheduler None)", encode),
         ("phase 2: `prompt_embeds=` (llm, processor None)", decode),

@@ -111,11 +111,16 @@ print("same seed identical", np.array_equal(a, b))
 pt = pipe("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="pt").images
 print("pt shape", tuple(pt.shape))
 print("pt vs pil", float(np.abs(pt[0].permute(1, 2, 0).numpy() * 255 - a).max()))
+# components passed to the generic loader replace the folder's, None included (the two-phase pattern)
+encoder = DiffusionPipeline.from_pretrained({str(tiny_folder)!r}, trust_remote_code=True, llm=pipe.llm, unet=None,
+                                            vae=None, scheduler=None)
+print("passed components", encoder.llm is pipe.llm, encoder.unet, encoder.vae, encoder.scheduler)
 """,
         cwd=tmp_path,
     )
     assert "classes DreamLLMPipeline DreamLLMForCausalLM DreamLLMProcessor DPMSolverMultistepScheduler" in output
     assert f"pil Image {DECODER_SIZE}" in output
+    assert "passed components True None None None" in output
     assert "same seed identical True" in output
     assert "pt shape (1, 3, 16, 16)" in output
     assert float(output.split("pt vs pil ")[1].split()[0]) <= 0.5  # rounding to uint8 only
