@@ -14,8 +14,9 @@ import math
 import numbers
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -135,7 +136,7 @@ def _prompt_batch(prompt, name: str = "prompt") -> list[list]:
     """`"a cat"` is one prompt, `[image, "the same cat, painted"]` one interleaved prompt (it holds an image), and a
     list of those a batch; each prompt comes back as a list of `str` / image parts. Anything else is an error naming
     the input."""
-    if isinstance(prompt, str) or isinstance(prompt, IMAGE_TYPES):
+    if isinstance(prompt, (str, *IMAGE_TYPES)):
         batch = [[prompt]]
     elif isinstance(prompt, (list, tuple)):
         if len(prompt) == 0:
@@ -1032,4 +1033,4 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
 
 
-__all__ = ["DreamLLMPipeline", "DreamLLMInterleavedOutput", "DreamLLMStreamer", "write_pipeline_index"]
+__all__ = ["DreamLLMInterleavedOutput", "DreamLLMPipeline", "DreamLLMStreamer", "write_pipeline_index"]

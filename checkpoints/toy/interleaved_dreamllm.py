@@ -7,8 +7,8 @@ Images come from a `draw` callable (the pipeline's decoder); the loop only decid
 back into the document. This module imports nothing from the DreamLLM files, so it travels with the pipeline as is.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import PIL.Image
 import torch
