@@ -987,22 +987,28 @@ class DreamLLMPipeline(DiffusionPipeline):
         >>> out.segments, out.num_llm_tokens == out.document_length
         ```
         """
-        self._require("Interleaved generation", "llm", "processor", "unet", "vae", "scheduler")
-        default_height, default_width = self.default_size()
-        height = default_height if height is None else height
-        width = default_width if width is None else width
-        self.check_sampling(height, width, num_inference_steps, guidance_scale)
-        _check_positive_int(max_new_tokens, "max_new_tokens", allow_zero=True)
-        _check_positive_int(max_images, "max_images", allow_zero=True)
-        _check_real(temperature, "temperature", lower=0.0)
-        _check_real(top_p, "top_p", lower=0.0, upper=1.0, open_lower=True)
         if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
             raise TypeError(f"`streamer` must have `put` and `end` methods (a transformers streamer), got "
                             f"{type(streamer).__name__}")
+        try:
+            self._require("Interleaved generation", "llm", "processor", "unet", "vae", "scheduler")
+            default_height, default_width = self.default_size()
+            height = default_height if height is None else height
+            width = default_width if width is None else width
+            self.check_sampling(height, width, num_inference_steps, guidance_scale)
+            _check_positive_int(max_new_tokens, "max_new_tokens", allow_zero=True)
+            _check_positive_int(max_images, "max_images", allow_zero=True)
+            _check_real(temperature, "temperature", lower=0.0)
+            _check_real(top_p, "top_p", lower=0.0, upper=1.0, open_lower=True)
+            device = self._execution_device
+            prompt_ids, images = self._interleaved_prompt(prompt)
+            self._check_length(len(prompt_ids), "the prompt")
+            pixel_values = self._pixel_values(images, device)
+        except Exception:
+            if streamer is not None:  # a refused request ends the stream too: its reader is not left waiting
+                streamer.end()
+            raise
         do_sample = do_sample and temperature > 0  # temperature 0: the limit of sampling, greedy
-        device = self._execution_device
-        prompt_ids, images = self._interleaved_prompt(prompt)
-        self._check_length(len(prompt_ids), "the prompt")
         dream_block, image_block = self.processor.dream_block(), self.processor.image_block()
 
         def draw(condition: torch.Tensor) -> PIL.Image.Image:
@@ -1014,7 +1020,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         return write_document(
             self.llm,
             prompt_ids,
-            self._pixel_values(images, device),
+            pixel_values,
             dream_block,
             image_block,
             draw=draw,

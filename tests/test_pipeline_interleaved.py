@@ -101,3 +101,12 @@ def test_a_failing_generation_still_ends_the_stream(pipe):
 def test_a_streamer_without_put_and_end_is_named(pipe):
     with pytest.raises(TypeError, match="streamer"):
         pipe.generate_interleaved("Tell a story", max_new_tokens=1, streamer=print)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_images": -1}, {"prompt": [{"role": "user", "content": "a <dream> cat"}]}],
+                         ids=["bad-argument", "refused-prompt"])
+def test_a_refused_request_ends_the_stream(pipe, kwargs):
+    streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True)
+    with pytest.raises(ValueError):
+        pipe.generate_interleaved(**{"prompt": "Tell a story", "max_new_tokens": 3, "streamer": streamer, **kwargs})
+    assert list(streamer) == [""]  # ended before any token: a reader in another thread is released
