@@ -1,5 +1,5 @@
-"""A browser chat with a DreamLLM folder: the user writes (and may attach images); the model's sentences and the
-images it creates appear in the conversation as each one is complete.
+"""A browser chat with a DreamLLM folder: the user writes (and may attach images); the model's text appears in the
+conversation as it is written, and each image it creates as soon as it is drawn.
 
     python app.py                                   # checkpoints/toy on http://127.0.0.1:7860
     python app.py --model DIR --port 7861           # any DreamLLM folder
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from pipeline_dreamllm import DreamLLMPipeline
+from pipeline_dreamllm import DEFAULT_GUIDANCE_SCALE, DreamLLMPipeline, DreamLLMStreamer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "toy"
 MAX_PROMPT_CHARS = 2_000
@@ -130,8 +129,9 @@ class Chat:
         history.append({"role": "assistant", "content": []})
         yield history, conversation, None
 
-        segments: queue.Queue = queue.Queue()
-        done = object()
+        # The model writes in a thread; the streamer hands its text as decoded and each image as made.
+        streamer = DreamLLMStreamer(self.pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failures = []
 
         def write():
             try:
@@ -139,20 +139,26 @@ class Chat:
                     self.pipe.generate_interleaved(
                         conversation, max_new_tokens=int(max_new_tokens), max_images=int(max_images),
                         num_inference_steps=int(steps), guidance_scale=float(guidance),
-                        generator=torch.Generator().manual_seed(int(seed)), callback=segments.put,
+                        generator=torch.Generator().manual_seed(int(seed)), streamer=streamer,
                     )
-            except Exception as error:  # reported to the user below; the server goes on
-                segments.put(error)
-            segments.put(done)
+            except Exception as error:  # reported to the user below (the stream was ended); the server goes on
+                failures.append(error)
 
-        threading.Thread(target=write, daemon=True).start()
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
         reply = []
-        while (segment := segments.get()) is not done:
-            if isinstance(segment, Exception):
-                raise gr.Error(f"generation failed: {type(segment).__name__}: {segment}")
-            reply.append(segment)
+        for piece in streamer:
+            if isinstance(piece, str) and reply and isinstance(reply[-1], str):
+                reply[-1] += piece  # the sentence being written grows in place
+            elif piece != "":
+                reply.append(piece)
+            else:
+                continue
             history[-1] = {"role": "assistant", "content": [s if isinstance(s, str) else _shown(s) for s in reply]}
             yield history, conversation, None
+        writer.join()  # the stream ends before a failure is recorded
+        if failures:
+            raise gr.Error(f"generation failed: {type(failures[0]).__name__}: {failures[0]}")
         conversation = conversation + [{"role": "assistant", "content": [
             {"type": "text", "text": s} if isinstance(s, str) else {"type": "image", "image": s} for s in reply]}]
         yield history, conversation, None
@@ -163,8 +169,8 @@ def build_demo(pipe: DreamLLMPipeline, folder: Path) -> gr.Blocks:
     upload_folder = Path(os.environ.get("GRADIO_TEMP_DIR") or gr.utils.get_upload_folder())
     chat = Chat(pipe, upload_folder)
     with gr.Blocks(title="DreamLLM") as demo:
-        gr.Markdown(f"## DreamLLM: interleaved chat\nModel: `{folder.name}`. Its sentences and images appear as each "
-                    "is complete.")
+        gr.Markdown(f"## DreamLLM: interleaved chat\nModel: `{folder.name}`. Its text appears as it is written, "
+                    "each image as soon as it is drawn.")
         if toy:
             gr.Markdown(toy_vocabulary_markdown())
         chatbot = gr.Chatbot(label="Conversation", height=520)
@@ -175,7 +181,8 @@ def build_demo(pipe: DreamLLMPipeline, folder: Path) -> gr.Blocks:
         )
         with gr.Row():
             steps = gr.Slider(*LIMITS.steps, value=25, step=1, label="Diffusion steps")
-            guidance = gr.Slider(*LIMITS.guidance, value=3.0 if toy else 7.5, step=0.5, label="Guidance scale")
+            guidance = gr.Slider(*LIMITS.guidance, value=3.0 if toy else DEFAULT_GUIDANCE_SCALE, step=0.5,
+                                 label="Guidance scale")
             seed = gr.Number(value=0, precision=0, minimum=LIMITS.seed[0], maximum=LIMITS.seed[1], label="Seed")
             max_images = gr.Slider(*LIMITS.max_images, value=4, step=1, label="Maximum images")
             max_new_tokens = gr.Slider(*LIMITS.max_new_tokens, value=80 if toy else 256, step=1,

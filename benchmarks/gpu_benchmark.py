@@ -234,7 +234,7 @@ def run(tiny: bool) -> dict:
         results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
                    "dtype": str(dtype).removeprefix("torch."), "build_s": time.perf_counter() - start,
                    "llm_params_b": sum(p.numel() for p in pipe.llm.parameters()) / 1e9,
-                   "size": pipe._default_size(None, None)}
+                   "size": pipe.default_size()}
         results["t2i"] = bench_text_to_image(pipe, clock, repeats=2 if tiny else 3)
         results["decode"] = bench_decode(pipe, llava, clock, new_tokens=16 if tiny else 64)
         del llava

@@ -479,9 +479,10 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
-    def get_null_condition(self) -> torch.FloatTensor:
-        # Through this model's own forward, so accelerate's offload hooks on it fire.
-        null_ids = self.model.null_condition_ids()
+    def get_null_condition(self, device: torch.device | None = None) -> torch.FloatTensor:
+        # Through this model's own forward, so accelerate's offload hooks on it fire. `device`: where the ids go when
+        # the weights are not where the forward runs (offloaded to `meta`).
+        null_ids = self.model.null_condition_ids(device)
         return self(input_ids=null_ids, use_cache=False, logits_to_keep=1, return_dict=True).condition_embeds
 
     def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):

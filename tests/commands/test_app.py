@@ -79,12 +79,14 @@ def test_story_streams_text_and_images(server):
     job = chat(client, STORY)
     history = job.result()[0]
     # Every streamed update (gradio_client may also list a dropped keep-alive connection among them).
-    updates = [update for update in job.outputs() if isinstance(update, (list, tuple))]
+    updates = [update for update in job.outputs() if isinstance(update, (list, tuple)) and isinstance(update[0], list)]
     texts, images = reply_parts(history)
     assert texts and images, history
-    # The reply grew segment by segment: the assistant's content length went up one at a time.
+    # The reply grew piece by piece (text as decoded, images as drawn): the assistant's content never shrank, and
+    # each segment appeared in an update of its own.
     lengths = [len(update[0][-1]["content"]) for update in updates if update[0][-1]["role"] == "assistant"]
     assert lengths == sorted(lengths) and len(set(lengths)) >= len(texts) + len(images)
+    assert len(lengths) > len(set(lengths))  # a sentence grew in place: text streamed before it was complete
     image_url = f"{server}gradio_api/file={images[0]}"
     with urllib.request.urlopen(image_url) as response:
         picture = np.asarray(Image.open(response).convert("RGB"))

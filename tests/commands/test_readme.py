@@ -15,13 +15,15 @@ DOCS = ROOT / "docs"
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 
 
-# tqdm's progress bars (weights loading, denoising steps) are the libraries' intended display, not notices.
+# tqdm's progress bars (weights loading, denoising steps) are the libraries' intended display, not notices; a bar
+# nested in another (transformers' weights inside diffusers' components) moves the cursor with ANSI escapes.
 PROGRESS_BAR = re.compile(r"^[^\n|]*\d+%\|[^\n]*\| *\d+/\d+ \[[^\n]*\]$")
+CURSOR_MOVE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _notices(stderr: str) -> list[str]:
     """Every stderr line a user would read as a warning or notice: all but progress bars and blank lines."""
-    lines = [part.strip() for line in stderr.splitlines() for part in line.split("\r")]
+    lines = [CURSOR_MOVE.sub("", part).strip() for line in stderr.splitlines() for part in line.split("\r")]
     return [line for line in lines if line and not PROGRESS_BAR.match(line)]
 
 

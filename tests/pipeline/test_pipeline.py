@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import run_isolated
-from pipeline_dreamllm import DreamLLMPipeline
+from pipeline_dreamllm import DreamLLMPipeline, DreamLLMStreamer
 
 STEPS = 2
 DECODER_SIZE = (16, 16)  # tiny UNet sample 8 x VAE scale factor 2
@@ -84,9 +84,12 @@ def seeded():
 def test_folder_is_a_diffusers_pipeline(tiny_folder):
     index = json.loads((tiny_folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_dreamllm", "DreamLLMPipeline"]
-    assert index["llm"] == index["processor"] == [None, None]
+    # The llm and processor live at the root, where diffusers' loader reads a component without a subfolder.
+    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForCausalLM"]
+    assert index["processor"] == ["processing_dreamllm", "DreamLLMProcessor"]
+    assert not (tiny_folder / "llm").exists() and not (tiny_folder / "processor").exists()
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
-    assert (tiny_folder / "pipeline_dreamllm.py").is_file()
+    assert (tiny_folder / "pipeline_dreamllm.py").is_file() and (tiny_folder / "interleaved_dreamllm.py").is_file()
     # the folder keeps the training scheduler; the sampler is built from it
     training_scheduler = json.loads((tiny_folder / "scheduler" / "scheduler_config.json").read_text())
     assert training_scheduler["_class_name"] == "DDIMScheduler"
@@ -108,11 +111,16 @@ print("same seed identical", np.array_equal(a, b))
 pt = pipe("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="pt").images
 print("pt shape", tuple(pt.shape))
 print("pt vs pil", float(np.abs(pt[0].permute(1, 2, 0).numpy() * 255 - a).max()))
+# components passed to the generic loader replace the folder's, None included (the two-phase pattern)
+encoder = DiffusionPipeline.from_pretrained({str(tiny_folder)!r}, trust_remote_code=True, llm=pipe.llm, unet=None,
+                                            vae=None, scheduler=None)
+print("passed components", encoder.llm is pipe.llm, encoder.unet, encoder.vae, encoder.scheduler)
 """,
         cwd=tmp_path,
     )
     assert "classes DreamLLMPipeline DreamLLMForCausalLM DreamLLMProcessor DPMSolverMultistepScheduler" in output
     assert f"pil Image {DECODER_SIZE}" in output
+    assert "passed components True None None None" in output
     assert "same seed identical True" in output
     assert "pt shape (1, 3, 16, 16)" in output
     assert float(output.split("pt vs pil ")[1].split()[0]) <= 0.5  # rounding to uint8 only
@@ -134,23 +142,27 @@ again.set_progress_bar_config(disable=True)
 again.save_pretrained({str(second)!r})
 reloaded = again("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="np").images
 print("reloaded identical", np.array_equal(reference, reloaded))
+story = again.generate_interleaved("Tell a story", max_new_tokens=2, num_inference_steps={STEPS})
+print("interleaved from the folder", type(story).__module__, len(story.token_ids) == story.num_prompt_tokens + 2)
 llm = AutoModelForCausalLM.from_pretrained({str(second)!r}, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained({str(second)!r}, trust_remote_code=True)
 print("auto classes", type(llm).__name__, type(processor).__name__)
 sys.path.insert(0, {str(second)!r})  # the folder's own copy of the pipeline module, no trust_remote_code
-from pipeline_dreamllm import DreamLLMPipeline
+from pipeline_dreamllm import DreamLLMPipeline, DreamLLMStreamer
 own = DreamLLMPipeline.from_pretrained({str(second)!r})
 own.set_progress_bar_config(disable=True)
 direct = own("a cat", num_inference_steps={STEPS}, generator=seeded(), output_type="np").images
 print("class-level load identical", np.array_equal(reference, direct))
-# A variant saved beside the default weights, with other values: the generic loader reads it for every component.
+# A variant saved beside the default weights, with other values: the generic loader reads it for every component in
+# a subfolder (diffusers looks for variants there); the llm's root variant is read by DreamLLMPipeline.from_pretrained.
 with torch.no_grad():
     pipe.llm.model.dream_queries.weight.add_(1.0)
     pipe.unet.conv_in.bias.add_(1.0)
 pipe.save_pretrained({str(first)!r}, variant="fp16")
 variant = DiffusionPipeline.from_pretrained({str(first)!r}, variant="fp16", trust_remote_code=True, device_map="cpu")
 default = DiffusionPipeline.from_pretrained({str(first)!r}, trust_remote_code=True)
-for name, loaded in (("variant", variant), ("default", default)):
+own_variant = DreamLLMPipeline.from_pretrained({str(first)!r}, variant="fp16")
+for name, loaded in (("variant", variant), ("default", default), ("own variant", own_variant)):
     same = [torch.equal(loaded.llm.model.dream_queries.weight, pipe.llm.model.dream_queries.weight),
             torch.equal(loaded.unet.conv_in.bias, pipe.unet.conv_in.bias)]
     print(name, "llm and unet are the variant", same)
@@ -163,9 +175,12 @@ except ValueError as error:
         cwd=tmp_path,
     )
     assert "reloaded identical True" in output
+    # diffusers copied the interleaved module with the pipeline from the saved folder into its module namespace
+    assert "interleaved from the folder diffusers_modules.local.interleaved_dreamllm True" in output
     assert "auto classes DreamLLMForCausalLM DreamLLMProcessor" in output
     assert "class-level load identical True" in output
-    assert "variant llm and unet are the variant [True, True]" in output
+    assert "variant llm and unet are the variant [False, True]" in output
+    assert "own variant llm and unet are the variant [True, True]" in output
     assert "default llm and unet are the variant [False, False]" in output
     assert "device map cpu cpu" in output
     assert "unsaved variant ValueError True" in output
@@ -176,9 +191,12 @@ except ValueError as error:
     assert set(files(first)) >= set(files(tiny_folder))
     for name in ("model_index.json", "config.json", "processor_config.json", "scheduler/scheduler_config.json"):
         assert (first / name).read_text() == (second / name).read_text(), name
-    assert (first / "scheduler" / "scheduler_config.json").read_text() == (
-        tiny_folder / "scheduler" / "scheduler_config.json"
-    ).read_text()
+    # the sampler is saved as is; it keeps the noise schedule the decoder was trained with
+    saved, trained = (json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+                      for root in (first, tiny_folder))
+    assert saved["_class_name"] == "DPMSolverMultistepScheduler"
+    schedule = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type")
+    assert {key: saved[key] for key in schedule} == {key: trained[key] for key in schedule}
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
 
@@ -273,11 +291,17 @@ def test_generate_interleaved_with_weights_that_emit_dream_start(pipe):
     fixed_logits_head(pipe, {text_token: 0.0, config.dream_start_token_id: 0.0})  # a coin flip between the two
     pipe.null_condition()  # cached once for the pipeline, outside the document
     fed = count_calls(pipe.llm, lambda args, kwargs: kwargs["input_ids"].shape[1])
-    streamed = []
+    streamer = DreamLLMStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = pipe.generate_interleaved(
         "Tell a story", max_new_tokens=12, max_images=2, do_sample=True, generator=torch.Generator().manual_seed(6),
-        num_inference_steps=STEPS, callback=streamed.append,
+        num_inference_steps=STEPS, streamer=streamer,
     )
+    streamed = []  # text pieces joined into runs, images as they came
+    for piece in streamer:
+        if isinstance(piece, str) and streamed and isinstance(streamed[-1], str):
+            streamed[-1] += piece
+        elif piece != "":
+            streamed.append(piece)
     kinds = ["text" if isinstance(segment, str) else "image" for segment in out.segments]
     assert kinds == ["text", "image", "text", "image", "text"], kinds  # this seed's coin flips
     assert kinds == document_structure(out.token_ids[out.num_prompt_tokens :].tolist(), config)
@@ -351,13 +375,14 @@ def test_transformers_image_text_to_text_pipeline_reads_the_same_folder(tiny_fol
     assert answer["generated_text"][-1]["role"] == "assistant"
 
 
-def test_token_sampling_greedy_and_nucleus():
-    from pipeline_dreamllm import _sample_next_token
+def test_a_hub_repo_is_downloaded_whole_then_loaded(tiny_folder, monkeypatch):
+    """diffusers' Hub download fetches a custom component's code from its subfolder; the llm and processor live at the
+    root, so `DreamLLMPipeline.from_pretrained` downloads the repo whole (offline here: the download returns a folder)."""
+    import huggingface_hub
 
-    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
-    assert _sample_next_token(logits, False, 1.0, 1.0, None) == 1
-    generator = torch.Generator().manual_seed(0)
-    nucleus = {_sample_next_token(logits, True, 1.0, 0.5, generator) for _ in range(50)}
-    assert nucleus == {1}  # the top token alone holds half the mass
-    wide = {_sample_next_token(logits, True, 1.0, 0.9, generator) for _ in range(200)}
-    assert wide == {1, 2}
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kwargs: calls.append((repo_id, kwargs)) or str(tiny_folder))
+    pipe = DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny", revision="main", dtype=torch.bfloat16)
+    assert calls == [("someone/dreamllm-tiny", {"revision": "main"})]
+    assert pipe.llm.dtype == pipe.unet.dtype == torch.bfloat16

@@ -30,15 +30,27 @@ def llm_inputs(pipe) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------- components
-@pytest.mark.parametrize("missing", ["llm", "processor", "unet", "vae", "scheduler"])
-def test_every_component_is_required(pipe, missing):
-    components = {**pipe.components, missing: None}
-    with pytest.raises(ValueError, match=f"{missing} missing"):
-        DreamLLMPipeline(**components)
+MISSING_WORK = [  # a component left out, and a call whose work needs it
+    ("llm", lambda pipe: pipe("a cat", num_inference_steps=STEPS)),
+    ("processor", lambda pipe: pipe.encode_prompt("a cat", pipe.device, 1, False)),
+    ("unet", lambda pipe: pipe(prompt_embeds=torch.zeros(1, 8, 16), guidance_scale=1.0)),
+    ("vae", lambda pipe: pipe(prompt_embeds=torch.zeros(1, 8, 16), guidance_scale=1.0, num_inference_steps=STEPS)),
+    ("scheduler", lambda pipe: pipe.generate_interleaved("Tell a story", max_new_tokens=1)),
+]
+
+
+@pytest.mark.parametrize("missing, work", MISSING_WORK, ids=[name for name, _ in MISSING_WORK])
+def test_a_call_needing_a_missing_component_names_it(pipe, missing, work):
+    unet_calls = []
+    pipe.unet.register_forward_pre_hook(lambda *args: unet_calls.append(1))
+    without = DreamLLMPipeline(**{**pipe.components, missing: None})  # every component is optional
+    with pytest.raises(ValueError, match=f"needs the pipeline's .*{missing}.*None"):
+        work(without)
+    assert unet_calls == []  # refused before any work
 
 
 def test_a_folder_without_model_index_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no model_index.json"):
+    with pytest.raises(OSError, match=f"no file named model_index.json found in directory {tmp_path}"):
         DreamLLMPipeline.from_pretrained(tmp_path)
 
 
