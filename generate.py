@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from train.folders import staged_folder
+from dreamllm_common.folders import staged_folder
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "checkpoints" / "toy"
 

@@ -131,7 +131,7 @@ def push_adapter(
 def merge_adapter(adapter: str | Path, output: str | Path, base: str | Path | None = None) -> Path:
     """Merge an adapter into its base folder (`PeftModel.merge_and_unload`) and write the plain DreamLLM folder
     (model, processor, decoder, pipeline files) to `output`, published whole; an existing `output` is refused."""
-    from train.folders import staged_folder
+    from dreamllm_common.folders import staged_folder
     from train.stages import load_model, load_processor
     from train.trainer import complete_folder
 

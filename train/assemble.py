@@ -45,7 +45,7 @@ from configuration_dreamllm import (
 )
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
-from train.folders import staged_folder
+from dreamllm_common.folders import staged_folder
 
 # Added in SPECIAL_TOKENS' order, the official release's (ids then follow the tokenizer; they are read back, never
 # assumed).

@@ -28,7 +28,7 @@ from trl.trainer.utils import flush_left, pad
 
 from train.adapters import save_adapter
 from train.errors import InputError
-from train.folders import clear_staging, publish_folder, staging_path
+from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from train.trainer import DreamLLMTrainer, carried_into_adapter
 
 PREFERENCE_COLUMNS = ("images", "prompt", "chosen", "rejected")

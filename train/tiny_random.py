@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if Path(args.output).exists():
         parser.error(f"{args.output} exists; choose a new output folder")
-    from train.folders import staged_folder
+    from dreamllm_common.folders import staged_folder
 
     with staged_folder(Path(args.output)) as staging:
         build_tiny_components(staging, args.seed, args.condition_hidden_size, args.llm, args.vision)

@@ -48,7 +48,7 @@ from train.data.encoding import COUNT_KEYS
 from train.deepspeed_zero import install_ordered_reduction, keep_frozen_towers_out_of_zero3
 from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
-from train.folders import clear_staging, publish_folder, staging_path
+from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from train.same_graph import append_null_row, project_images_first
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -434,7 +434,7 @@ class DreamLLMTrainer(SFTTrainer):
     def save_final(self, output_dir: str | None = None) -> str:
         """Save the trained model as a complete, plain DreamLLM folder (a LoRA run: its adapter folder) at
         `output_dir` (default `args.output_dir`, which may already hold checkpoints): written into a staging sibling,
-        which then replaces `output_dir` whole, keeping its checkpoints and logs (`train.folders.publish_folder`)."""
+        which then replaces `output_dir` whole, keeping its checkpoints and logs (`dreamllm_common.folders.publish_folder`)."""
         output_dir = output_dir or self.args.output_dir
         staging = staging_path(output_dir)
         if self.args.should_save:

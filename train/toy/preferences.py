@@ -57,7 +57,7 @@ def write_preferences(output: str | Path, num_pairs: int, seed: int = PREFERENCE
     """Save `preference_pairs` as a `datasets` folder (published whole; an existing folder is refused)."""
     from datasets import Dataset
 
-    from train.folders import staged_folder
+    from dreamllm_common.folders import staged_folder
 
     output = Path(output)
     with staged_folder(output) as staging:

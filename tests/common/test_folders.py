@@ -1,4 +1,4 @@
-"""Folders are published whole (`train.folders`): a reader, a failure at any step or a `kill -9` at any moment
+"""Folders are published whole (`dreamllm_common.folders`): a reader, a failure at any step or a `kill -9` at any moment
 leaves the target as it was or complete, never half written."""
 
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import train.folders as folders
-from train.folders import publish_folder, staged_folder, staging_path
+import dreamllm_common.folders as folders
+from dreamllm_common.folders import publish_folder, staged_folder, staging_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ PUBLISHER = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from train.folders import staged_folder
+from dreamllm_common.folders import staged_folder
 final = Path({final!r})
 files = {files}
 for generation in range(2, 10**6):
