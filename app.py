@@ -56,6 +56,12 @@ def is_toy(folder: Path) -> bool:
     return "- toy" in front_matter.splitlines()
 
 
+def toy_guidance_scale() -> float:
+    from train.toy.evaluate import GUIDANCE_SCALE
+
+    return GUIDANCE_SCALE
+
+
 def toy_vocabulary_markdown() -> str:
     from train.toy.world import WORLD_WORDS, sample_instruction
 
@@ -181,8 +187,8 @@ def build_demo(pipe: DreamLLMPipeline, folder: Path) -> gr.Blocks:
         )
         with gr.Row():
             steps = gr.Slider(*LIMITS.steps, value=25, step=1, label="Diffusion steps")
-            guidance = gr.Slider(*LIMITS.guidance, value=3.0 if toy else DEFAULT_GUIDANCE_SCALE, step=0.5,
-                                 label="Guidance scale")
+            guidance = gr.Slider(*LIMITS.guidance, value=toy_guidance_scale() if toy else DEFAULT_GUIDANCE_SCALE,
+                                 step=0.5, label="Guidance scale")
             seed = gr.Number(value=0, precision=0, minimum=LIMITS.seed[0], maximum=LIMITS.seed[1], label="Seed")
             max_images = gr.Slider(*LIMITS.max_images, value=4, step=1, label="Maximum images")
             max_new_tokens = gr.Slider(*LIMITS.max_new_tokens, value=80 if toy else 256, step=1,

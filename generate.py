@@ -123,7 +123,7 @@ def _model_folder_error(model: Path) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> Path:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a DreamLLM folder (default: %(default)s)")
@@ -131,10 +131,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max-new-tokens", type=_positive_int, default=120)
     parser.add_argument("--max-images", type=int, default=4, help="at most this many images (0: text only)")
     parser.add_argument("--steps", type=_positive_int, default=25, help="denoising steps per image")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    # The default model's guidance, train.toy.evaluate.GUIDANCE_SCALE (a test keeps them equal; this command imports
+    # nothing from train/).
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--sample", action="store_true", help="sample text (top-p 0.9) instead of greedy decoding")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
     problem = _model_folder_error(args.model)
     if problem is None and not args.prompt.strip():
         problem = "the prompt is empty"

@@ -167,3 +167,10 @@ def test_a_request_for_one_picture_gets_exactly_that_picture(tmp_path, prompt):
     page = Path(match.group(1))
     assert page.read_text().count("<figure>") == 1
     assert all(score_caption(Image.open(page.parent / "image_1.png"), prompt).values())
+
+
+def test_the_default_guidance_is_the_default_models():
+    from train.toy.evaluate import GUIDANCE_SCALE
+
+    parser_defaults = {action.dest: action.default for action in generate.build_parser()._actions}
+    assert parser_defaults["guidance"] == GUIDANCE_SCALE

@@ -25,6 +25,7 @@ from train.toy.world import (
 )
 
 HELD_OUT_SEED = 10_000  # training data uses seeds below this
+GUIDANCE_SCALE = 3.0  # the shapes world's model is sampled and scored at this guidance (its card, the demo, generate.py)
 # Held-out set sizes. The full set keeps the 95% interval of a text-to-image accuracy near +-6 points (+-11 with the
 # 60 captions used before; +-12 on a request row's 40) and takes about 4 minutes on the 2 CPU cores that trained
 # checkpoints/toy; the quick one is for smoke runs.
@@ -57,7 +58,7 @@ class ToyScores:
 
 @torch.no_grad()
 def text_to_image(pipe, num_prompts: int = FULL["num_prompts"], seed: int = HELD_OUT_SEED, steps: int = 25,
-                  guidance_scale: float = 3.0, batch_size: int = 12) -> dict[str, float]:
+                  guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 12) -> dict[str, float]:
     """Half the captions name one shape and half two; `two_shape_*` scores the second half alone (one-shape captions
     are nearly solved, so the average hides where the errors are). `all`: every attribute of every shape right."""
     rng = np.random.default_rng(seed)
@@ -148,7 +149,7 @@ REQUEST_MAX_NEW_TOKENS = 40
 
 @torch.no_grad()
 def one_picture_requests(pipe, kind: str, num_requests: int = FULL["num_requests"], seed: int = HELD_OUT_SEED + 3,
-                         steps: int = 25, guidance_scale: float = 3.0) -> dict[str, float]:
+                         steps: int = 25, guidance_scale: float = GUIDANCE_SCALE) -> dict[str, float]:
     """Requests for one picture (`sample_instruction(kind=...)`, 'draw' or 'caption') as a chat turn. `one_image`: the
     reply is exactly one image and then `</s>` (no text, nothing after it); colour / shape / position judge the
     reply's first image against the request (a reply without an image is wrong on all three)."""
@@ -195,7 +196,7 @@ def follows_instruction(instruction_text: str, story_text: str) -> bool:
 
 @torch.no_grad()
 def interleaved(pipe, num_stories: int = FULL["num_stories"], seed: int = HELD_OUT_SEED + 2, steps: int = 25,
-                guidance_scale: float = 3.0) -> dict[str, float]:
+                guidance_scale: float = GUIDANCE_SCALE) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     placed = matched = images_seen = expected = followed = 0
     for index in range(num_stories):

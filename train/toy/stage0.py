@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPTextModel
 
+from .evaluate import GUIDANCE_SCALE
 from .stage0_clip import PATCH_STEPS, save_clip, train_clip, zero_shot
 from .stage0_common import scaled, timed
 from .stage0_diffusion import evaluate_pipeline, make_pipeline, train_unet, train_vae, vae_reconstruction_accuracy
@@ -64,7 +65,8 @@ def run(output: Path, seed: int = 0, steps_scale: float = 1.0, clip_patch_steps:
     with timed(seconds, "diffusion_eval"):
         num_captions = scaled(50, eval_scale, 4)
         log["text_to_image"] = evaluate_pipeline(pipeline, seed + 1002, num_captions)  # the pipeline's default CFG 7.5
-        log["text_to_image_cfg3"] = evaluate_pipeline(pipeline, seed + 1002, num_captions, guidance_scale=3.0)
+        log["text_to_image_cfg3"] = evaluate_pipeline(pipeline, seed + 1002, num_captions,
+                                                      guidance_scale=GUIDANCE_SCALE)
 
     with timed(seconds, "lm"):
         lm, lm_tokenizer = train_lm(seed, steps_scale, log)
