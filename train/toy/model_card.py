@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from train.toy.evaluate import GUIDANCE_SCALE
 from train.toy.world import CHANGE_PHRASES, COLORS, IMAGE_SIZE, POSITION_PHRASES, SHAPES, Scene, Shape, caption
 
 TAGS = ["dreamllm", "multimodal", "text-to-image", "custom_code", "toy"]
@@ -38,7 +39,7 @@ AutoencoderKL and a UNet2DConditionModel (the frozen "Stable Diffusion" of the w
 from pipeline_dreamllm import DreamLLMPipeline          # or DiffusionPipeline.from_pretrained(..., trust_remote_code=True)
 
 pipe = DreamLLMPipeline.from_pretrained("checkpoints/toy")
-image = pipe("a red circle on the left and a blue square at the top", guidance_scale=3.0).images[0]
+image = pipe("a red circle on the left and a blue square at the top", guidance_scale={guidance:g}).images[0]
 story = pipe.generate_interleaved([{{"role": "user", "content": "Tell a short story about a square that changes color, with pictures."}}])
 story.segments                                           # sentences (str) and the images created at them
 ```
@@ -61,7 +62,7 @@ Or `python generate.py "<prompt>"` from the repository, which writes the documen
 ## Held-out scores
 
 `python -m train.toy evaluate checkpoints/toy` (held-out seeds; pictures judged by exact pixel analysis; text-to-image
-and stories at guidance 3.0 with 25 DPM-Solver++ steps; half the captions name two shapes, and the `two_shape_*`
+and stories at guidance {guidance:g} with 25 DPM-Solver++ steps; half the captions name two shapes, and the `two_shape_*`
 rows score the pictures and questions with two shapes alone; `all`: every attribute of every shape right):
 
 ```
@@ -137,6 +138,7 @@ def write_model_card(
         snr_gamma=f"{SNR_GAMMA:g}",
         min_timestep=MIN_TIMESTEP,
         decoder_line=_decoder_line(stage0_log),
+        guidance=GUIDANCE_SCALE,
     )
     return _save(folder, card.replace("{knowledge}", knowledge_section().strip()))  # as `refresh_model_card` writes it
 
