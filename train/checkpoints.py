@@ -17,11 +17,10 @@ import zipfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from train.errors import InputError
-
-WEIGHTS_NAME, WEIGHTS_INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
-TRAINER_STATE_NAME = "trainer_state.json"
 
 
 def safetensors_names(path: str | Path) -> set[str]:
@@ -39,7 +38,7 @@ def weight_names(folder: str | Path) -> set[str]:
     """The tensor names of a folder's weights: `model.safetensors`, or the shards its index names (each a file of
     the folder itself)."""
     folder = Path(folder)
-    index = folder / WEIGHTS_INDEX_NAME
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -50,9 +49,11 @@ def weight_names(folder: str | Path) -> set[str]:
         if outside:
             raise InputError(f"{index} names shards outside {folder}: {outside[:3]}")
         return set().union(*(safetensors_names(folder / name) for name in files))
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise InputError(f"{folder} has no {WEIGHTS_NAME} (nor {WEIGHTS_INDEX_NAME}): not a complete DreamLLM folder")
-    return safetensors_names(folder / WEIGHTS_NAME)
+    if not (folder / SAFE_WEIGHTS_NAME).is_file():
+        raise InputError(
+            f"{folder} has no {SAFE_WEIGHTS_NAME} (nor {SAFE_WEIGHTS_INDEX_NAME}): not a complete DreamLLM folder"
+        )
+    return safetensors_names(folder / SAFE_WEIGHTS_NAME)
 
 
 def check_model_folder(folder: str | Path, option: str = "--model_name_or_path") -> set[str]:
@@ -116,7 +117,7 @@ def check_resumable(
             safetensors_names(checkpoint / ("" if adapter_only else "adapter") / "adapter_model.safetensors")
         except InputError as error:
             problems.append(str(error))
-    names = ["optimizer.pt", "scheduler.pt"] if optimizer_files else []
+    names = [OPTIMIZER_NAME, SCHEDULER_NAME] if optimizer_files else []
     problems += [problem for name in names + [rng_file] if (problem := _torch_file_problem(checkpoint / name))]
     if problems:
         raise InputError(

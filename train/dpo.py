@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from transformers.data.data_collator import DataCollatorMixin
+from transformers.trainer import TRAINING_ARGS_NAME
 from trl import DPOConfig, DPOTrainer, TrlParser
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from trl.trainer.utils import flush_left, pad
 
+from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from train.adapters import save_adapter
 from train.errors import InputError
-from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from train.trainer import DreamLLMTrainer, carried_into_adapter
 
 PREFERENCE_COLUMNS = ("images", "prompt", "chosen", "rejected")
@@ -121,7 +122,7 @@ class DreamLLMDPOTrainer(DPOTrainer):
         if self.args.should_save:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             save_adapter(self.accelerator.unwrap_model(self.model), output_dir)
-            torch.save(self.args, Path(output_dir) / "training_args.bin")
+            torch.save(self.args, Path(output_dir) / TRAINING_ARGS_NAME)
 
     def save_final(self, output_dir: str | None = None) -> str:
         """The adapter and the processor at `output_dir`, published whole (its checkpoints kept)."""

@@ -34,24 +34,24 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper, TrainableTokensWrapper
 from safetensors.torch import load_file
 from torch.distributed.fsdp import FSDPModule
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
+from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from processing_dreamllm import IGNORE_INDEX
 from train.adapters import ADAPTER_WEIGHTS_NAME, is_adapter_folder, save_adapter
 from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
-from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.checkpoints import check_resumable, weight_names
+from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.data.collator import DreamLLMDataCollator, LengthBucket
 from train.data.encoding import COUNT_KEYS
 from train.deepspeed_zero import install_ordered_reduction, keep_frozen_towers_out_of_zero3
 from train.diffusion_loss import DreamLLMDiffusionLoss
 from train.errors import InputError
-from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from train.same_graph import append_null_row, project_images_first
 
-TRAINER_STATE_NAME = "trainer_state.json"
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs saved merged: the adapter, for resuming; the root holds the plain model
 DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
 # A batch's rows run in one forward pass per length bucket (a bucket ends where rows are at most this share of its
@@ -374,7 +374,7 @@ class DreamLLMTrainer(SFTTrainer):
                 os.makedirs(output_dir, exist_ok=True)
                 save_adapter(self._unwrapped(), output_dir, self.adapter_base_model)
                 self.processing_class.save_pretrained(output_dir)
-                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
             return
         if self._is_peft():
             if self.args.should_save:
@@ -383,7 +383,7 @@ class DreamLLMTrainer(SFTTrainer):
                 peft_model.get_base_model().save_pretrained(output_dir, state_dict=merged_state_dict(peft_model))
                 save_adapter(peft_model, os.path.join(output_dir, ADAPTER_SUBFOLDER), self.adapter_base_model)
                 self.processing_class.save_pretrained(output_dir)
-                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         else:
             if state_dict is not None:
                 state_dict = without_tied_copies(self._dreamllm(), state_dict)
