@@ -5,6 +5,7 @@ import torch
 
 from configuration_dreamllm import DreamLLMConfig
 from modeling_dreamllm import DreamLLMForCausalLM
+from train.data.labels import encode_documents
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def count_calls(module: torch.nn.Module) -> list:
 
 
 def document(processor, image):
-    return processor(text="A photo. <image> Now draw it. <dream>", images=[image, image], return_labels=True)
+    return encode_documents(processor, "A photo. <image> Now draw it. <dream>", images=[image, image])
 
 
 def test_document_gives_loss_and_one_condition(model, tiny_processor, rgb_image):
@@ -74,7 +75,7 @@ def test_batch_conditions_come_in_document_order(model, tiny_processor):
 
 def test_no_images_means_no_clip_forward_and_no_condition(model, tiny_processor):
     calls = count_calls(model.model.vision_tower)
-    out = model(**tiny_processor(text="only text here", return_labels=True))
+    out = model(**encode_documents(tiny_processor, "only text here"))
     assert calls == [] and out.condition_embeds is None and torch.isfinite(out.loss)
 
 
