@@ -137,8 +137,10 @@ def _to_uint8(array: np.ndarray, where: str, sixteen_bit: bool = False) -> np.nd
     low, high = array.min(), array.max()
     if np.issubdtype(array.dtype, np.floating):
         if low < 0 or high > 1:
-            raise ValueError(f"{where} is a float image with values in [{low:g}, {high:g}]: float pixels must lie in "
-                             "[0, 1] (pass uint8 for 0-255 values)")
+            raise ValueError(
+                f"{where} is a float image with values in [{low:g}, {high:g}]: float pixels must lie in "
+                "[0, 1] (pass uint8 for 0-255 values)"
+            )
         return np.round(array * 255).astype(np.uint8)
     limit = 65535 if sixteen_bit or array.dtype == np.uint16 else 255
     if low < 0 or high > limit:
@@ -162,7 +164,9 @@ def to_rgb_image(image, where: str = "image") -> PIL.Image.Image:
             return image.convert("RGB")
         image = _to_uint8(np.asarray(image), where, sixteen_bit=image.mode != "F")  # 16/32-bit: scale, never saturate
     if not (isinstance(image, np.ndarray) or type(image).__module__.startswith("torch")):
-        raise TypeError(f"{where} is a {type(image).__name__}: images must be PIL images, numpy arrays or torch tensors")
+        raise TypeError(
+            f"{where} is a {type(image).__name__}: images must be PIL images, numpy arrays or torch tensors"
+        )
     array = to_numpy_array(image.detach().cpu() if hasattr(image, "detach") else image)
     array = array[..., None] if array.ndim == 2 else array
     if array.ndim != 3:
@@ -237,7 +241,13 @@ class DreamLLMProcessor(ProcessorMixin):
     valid_processor_kwargs = DreamLLMProcessorKwargs
     # Defaults (transformers' processor-attribute convention): pad on the left for generation, cut over-long
     # documents at unit boundaries, no eos, PyTorch tensors.
-    text_kwargs = {"padding": True, "padding_side": "left", "truncation": True, "add_eos": False, "return_tensors": "pt"}
+    text_kwargs = {
+        "padding": True,
+        "padding_side": "left",
+        "truncation": True,
+        "add_eos": False,
+        "return_tensors": "pt",
+    }
 
     def __init__(
         self,
@@ -251,8 +261,13 @@ class DreamLLMProcessor(ProcessorMixin):
     ):
         self.num_image_tokens = num_image_tokens
         self.num_dream_queries = num_dream_queries
-        image_processor, diffusion_image_processor = pil_backend(image_processor), pil_backend(diffusion_image_processor)
-        super().__init__(image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template or CHAT_TEMPLATE)
+        image_processor, diffusion_image_processor = (
+            pil_backend(image_processor),
+            pil_backend(diffusion_image_processor),
+        )
+        super().__init__(
+            image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template or CHAT_TEMPLATE
+        )
         ids = tokenizer.convert_tokens_to_ids
         self.pad_token_id = tokenizer.pad_token_id
         self.bos_token_id = tokenizer.bos_token_id  # documents start with it; a tokenizer without one (Qwen2) gets none
@@ -262,11 +277,14 @@ class DreamLLMProcessor(ProcessorMixin):
         for name in ("image_patch", "image_start", "image_end", "dream_start", "dream_end"):
             setattr(self, f"{name}_token_id", ids(SPECIAL_TOKENS[f"{name}_token_id"]))
         missing = [
-            token for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS) if ids(token) in (None, tokenizer.unk_token_id)
+            token
+            for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS)
+            if ids(token) in (None, tokenizer.unk_token_id)
         ]
-        if missing or self.pad_token_id is None:
+        missing += [] if self.pad_token_id is not None else ["pad"]
+        if missing:
             raise ValueError(
-                f"the tokenizer lacks the DreamLLM special tokens {missing + ([] if self.pad_token_id is not None else ['pad'])}; "
+                f"the tokenizer lacks the DreamLLM special tokens {missing}; "
                 "build the folder with `python -m train.assemble`"
             )
         self._block_token_ids = {ids(token): token for token in BLOCK_TOKENS}
@@ -296,11 +314,19 @@ class DreamLLMProcessor(ProcessorMixin):
 
     def image_block(self) -> list[int]:
         """`<im_start>` + N x `<im_patch>` + `<im_end>`: the comprehension block of one image."""
-        return [self.image_start_token_id] + [self.image_patch_token_id] * self.num_image_tokens + [self.image_end_token_id]
+        return (
+            [self.image_start_token_id]
+            + [self.image_patch_token_id] * self.num_image_tokens
+            + [self.image_end_token_id]
+        )
 
     def dream_block(self) -> list[int]:
         """`<dream_start>` + Q x `<im_patch>` + `<dream_end>`: the creation block of one image."""
-        return [self.dream_start_token_id] + [self.image_patch_token_id] * self.num_dream_queries + [self.dream_end_token_id]
+        return (
+            [self.dream_start_token_id]
+            + [self.image_patch_token_id] * self.num_dream_queries
+            + [self.dream_end_token_id]
+        )
 
     def __call__(
         self, text: str | list[str] | None = None, images=None, **kwargs: Unpack[DreamLLMProcessorKwargs]
@@ -325,14 +351,27 @@ class DreamLLMProcessor(ProcessorMixin):
         text_kwargs = self._merge_kwargs(DreamLLMProcessorKwargs, **kwargs)["text_kwargs"]
         documents = self.expand(
             [self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in self._check_texts(text)],
-            images, text_kwargs["add_eos"], text_kwargs["truncation"], text_kwargs.get("max_length"),
+            images,
+            text_kwargs["add_eos"],
+            text_kwargs["truncation"],
+            text_kwargs.get("max_length"),
         )
-        return self.collate(documents, text_kwargs["padding"], text_kwargs["padding_side"], text_kwargs["return_tensors"])
+        return self.collate(
+            documents, text_kwargs["padding"], text_kwargs["padding_side"], text_kwargs["return_tensors"]
+        )
 
-    def expand(self, encodings: list[list[int]], images=None, add_eos: bool = False, truncation: bool = True,
-               max_length: int | None = None) -> list[list[Unit]]:
+    def expand(
+        self,
+        encodings: list[list[int]],
+        images=None,
+        add_eos: bool = False,
+        truncation: bool = True,
+        max_length: int | None = None,
+    ) -> list[list[Unit]]:
         """Tokenized documents as units: placeholders expanded into blocks with their images, cut to `max_length`."""
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         max_length = max_length or self.tokenizer.model_max_length
         documents = []
@@ -350,38 +389,50 @@ class DreamLLMProcessor(ProcessorMixin):
                     units.append(Unit(self.image_block(), position, (("clip", queue.pop(0)),)))
                 elif token == self.dream_token_id and queue:  # creation with a target, read back through CLIP
                     image = queue.pop(0)
-                    units.append(Unit(self.dream_block() + self.image_block(), position, (("target", image), ("clip", image))))
+                    units.append(
+                        Unit(self.dream_block() + self.image_block(), position, (("target", image), ("clip", image)))
+                    )
                 else:
                     units.append(Unit(self.dream_block() if token == self.dream_token_id else [token], position))
             units += [Unit([self.eos_token_id])] if add_eos else []
             length = sum(len(unit.ids) for unit in units)
             if length > max_length and not truncation:
-                raise ValueError(f"text[{index}] has {length} tokens, over max_length={max_length}, and truncation=False")
+                raise ValueError(
+                    f"text[{index}] has {length} tokens, over max_length={max_length}, and truncation=False"
+                )
             end = units[-1:] if length > max_length and units[-1].ids == [self.eos_token_id] else []  # kept when cut
             while units and sum(len(unit.ids) for unit in units) + len(end) > max_length:
                 units.pop()
             documents.append(units + end)
         return documents
 
-    def collate(self, documents: list[list[Unit]], padding=True, padding_side="left", return_tensors="pt") -> BatchFeature:
+    def collate(
+        self, documents: list[list[Unit]], padding=True, padding_side="left", return_tensors="pt"
+    ) -> BatchFeature:
         """Expanded documents as model inputs: ids padded by the tokenizer, images through the image processors."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         sequences = [[token for unit in units for token in unit.ids] for units in documents]
         data = dict(self.tokenizer.pad({"input_ids": sequences}, padding=padding, padding_side=padding_side))
-        images = {kind: [image for units in documents for unit in units for use, image in unit.images if use == kind]
-                  for kind in ("clip", "target")}
+        images = {
+            kind: [image for units in documents for unit in units for use, image in unit.images if use == kind]
+            for kind in ("clip", "target")
+        }
         if images["clip"]:
             data["pixel_values"] = self.image_processor(images["clip"], return_tensors="pt")["pixel_values"]
         if images["target"]:
-            data["target_pixel_values"] = self.diffusion_image_processor(images["target"], return_tensors="pt")["pixel_values"]
+            data["target_pixel_values"] = self.diffusion_image_processor(images["target"], return_tensors="pt")[
+                "pixel_values"
+            ]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """`ProcessorMixin.apply_chat_template` after `check_messages`: roles the template cannot render faithfully
         (a `tool` turn, a `system` message after the first, a message without `role` or `content`) raise. With an
         LLM's own template (no `{% generation %}` spans), list content is first written as text with placeholders."""
-        batched = isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
+        batched = (
+            isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
+        )
         for index, messages in enumerate(conversation if batched else [conversation]):
             check_messages(messages, f"conversation[{index}]" if batched else "messages")
         if not self._marks_assistant_spans(chat_template):

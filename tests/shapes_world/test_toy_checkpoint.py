@@ -53,12 +53,40 @@ def test_loads_through_the_auto_classes():
 
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(CHECKPOINT, trust_remote_code=True)
-    assert type(model).__name__ == "DreamLLMForCausalLM"
-    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert type(model).__name__ == "DreamLLMForConditionalGeneration"
     assert processor.tokenizer.convert_tokens_to_ids("<dream>") == model.config.dream_token_id
 
 
 @torch.no_grad()
+def test_folders_naming_the_old_class_load_unchanged(pipe, tmp_path):
+    import json
+
+    from conftest import run_isolated
+
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    index = json.loads((CHECKPOINT / "model_index.json").read_text())
+    # Saved before the class followed transformers' image-text-to-text naming; the old name is an alias of it.
+    assert config["architectures"] == ["DreamLLMForCausalLM"]
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_dreamllm.DreamLLMForCausalLM"
+    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForCausalLM"]
+    assert type(pipe.llm).__name__ == "DreamLLMForConditionalGeneration"  # DreamLLMPipeline.from_pretrained
+    output = run_isolated(
+        f"""
+        from diffusers import DiffusionPipeline
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+        folder = {str(CHECKPOINT)!r}
+        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+            print(auto.__name__, type(auto.from_pretrained(folder, trust_remote_code=True)).__name__)
+        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+        print("pipeline", type(pipe).__name__, type(pipe.llm).__name__)
+        """,
+        cwd=tmp_path,
+    )
+    assert "AutoModelForCausalLM DreamLLMForConditionalGeneration" in output
+    assert "AutoModelForImageTextToText DreamLLMForConditionalGeneration" in output
+    assert "pipeline DreamLLMPipeline DreamLLMForConditionalGeneration" in output
+
+
 def test_answers_questions_about_unseen_pictures(pipe):
     model, processor = pipe.llm, pipe.processor
     rng = np.random.default_rng(SEED)

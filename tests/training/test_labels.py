@@ -20,8 +20,13 @@ def test_labels_learn_text_eos_and_dream_start_only(processor, rgb_image):
     assert torch.equal(labels[learned], ids[learned])
     learned_ids = set(ids[learned].tolist())
     assert processor.dream_start_token_id in learned_ids and processor.eos_token_id in learned_ids
-    for unlearned in (processor.image_patch_token_id, processor.image_start_token_id, processor.image_end_token_id,
-                      processor.dream_end_token_id, processor.bos_token_id):
+    for unlearned in (
+        processor.image_patch_token_id,
+        processor.image_start_token_id,
+        processor.image_end_token_id,
+        processor.dream_end_token_id,
+        processor.bos_token_id,
+    ):
         assert unlearned not in learned_ids
     text_ids = processor.tokenizer("A cat.Draw it.", add_special_tokens=False)["input_ids"]
     assert int(learned.sum()) >= len(text_ids) - 2  # all text tokens (tokenization may merge across the cut)
@@ -90,12 +95,15 @@ def test_a_conversation_with_nothing_to_learn_is_refused(processor, messages):
     batch = encode_conversation(processor, messages + [{"role": "assistant", "content": ""}])
     assert (batch["labels"] != IGNORE_INDEX).sum() == 1
 
+
 @pytest.mark.parametrize("token", ["<im_patch>", "<dream_start>"])
 def test_block_tokens_never_come_from_a_chat_or_a_document(processor, token):
     with pytest.raises(ValueError, match=f"text\\[0\\] contains '{token}'"):
         encode_documents(processor, f"a cat {token} on a mat")
     with pytest.raises(ValueError, match=f"contains '{token}'"):
-        encode_conversation(processor, [{"role": "user", "content": f"say {token}"}, {"role": "assistant", "content": "no"}])
+        encode_conversation(
+            processor, [{"role": "user", "content": f"say {token}"}, {"role": "assistant", "content": "no"}]
+        )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +112,10 @@ def test_block_tokens_never_come_from_a_chat_or_a_document(processor, token):
         ([{"role": "tool", "content": "42"}], r"messages\[0\] has role 'tool'"),
         ([{"role": "user"}], r"messages\[0\] has no 'content'"),
         ([{"role": "user", "content": [{"type": "video"}]}], r"messages\[0\]\['content'\]\[0\]"),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\udfff"}],
-         r"messages\[1\]\['content'\] holds a lone surrogate"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\udfff"}],
+            r"messages\[1\]\['content'\] holds a lone surrogate",
+        ),
         ([], "is empty"),
     ],
 )

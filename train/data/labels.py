@@ -52,7 +52,12 @@ def _encode(processor, encodings, learned, images, *, add_eos, truncation, max_l
 
 
 def encode_documents(
-    processor, text: str | list[str], images=None, *, truncation: bool = True, max_length: int | None = None,
+    processor,
+    text: str | list[str],
+    images=None,
+    *,
+    truncation: bool = True,
+    max_length: int | None = None,
     return_tensors: str | None = "pt",
 ) -> BatchFeature:
     """Documents for training: the processor's ids with `</s>` appended, padded on the right, and `labels` (text,
@@ -62,13 +67,24 @@ def encode_documents(
     encodings = [processor.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in texts]
     learned = [[True] * len(ids) for ids in encodings]
     return _encode(
-        processor, encodings, learned, images, add_eos=True, truncation=truncation, max_length=max_length,
+        processor,
+        encodings,
+        learned,
+        images,
+        add_eos=True,
+        truncation=truncation,
+        max_length=max_length,
         return_tensors=return_tensors,
     )
 
 
 def encode_conversation(
-    processor, messages: list[dict], images=None, *, truncation: bool = True, max_length: int | None = None,
+    processor,
+    messages: list[dict],
+    images=None,
+    *,
+    truncation: bool = True,
+    max_length: int | None = None,
     return_tensors: str | None = "pt",
 ) -> BatchFeature:
     """One chat for supervised fine-tuning: the ids inference computes for the rendered chat
@@ -89,7 +105,10 @@ def encode_conversation(
     check_messages(messages)
     if processor._marks_assistant_spans():
         encoded = processor.tokenizer.apply_chat_template(
-            list(messages), chat_template=processor.chat_template, tokenize=True, return_dict=True,
+            list(messages),
+            chat_template=processor.chat_template,
+            tokenize=True,
+            return_dict=True,
             return_assistant_tokens_mask=True,
         )
         ids, learned = encoded["input_ids"], [bool(flag) for flag in encoded["assistant_masks"]]
@@ -101,7 +120,13 @@ def encode_conversation(
         )
     # The template ends each reply with its own end-of-turn token: no eos added.
     return _encode(
-        processor, [ids], [learned], images, add_eos=False, truncation=truncation, max_length=max_length,
+        processor,
+        [ids],
+        [learned],
+        images,
+        add_eos=False,
+        truncation=truncation,
+        max_length=max_length,
         return_tensors=return_tensors,
     )
 
@@ -136,7 +161,9 @@ def _own_template_spans(processor, messages: list[dict]) -> tuple[list[int], lis
             end = len(turn)
         spans.append((len(prompt), end))
     encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    learned = [any(start < stop_ and stop > start_ for start_, stop_ in spans) for start, stop in encoded["offset_mapping"]]
+    learned = [
+        any(start < stop_ and stop > start_ for start_, stop_ in spans) for start, stop in encoded["offset_mapping"]
+    ]
     return encoded["input_ids"], learned
 
 
