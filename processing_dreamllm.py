@@ -347,6 +347,13 @@ class DreamLLMProcessor(ProcessorMixin):
             `ValueError` / `TypeError` naming the input: no or empty `text`, text holding block tokens, placeholders
             and images that do not match, unreadable or ambiguous images, `max_length` < 1.
         """
+        if (
+            "return_labels" in kwargs
+        ):  # transformers would only warn and drop it: a training call must not go unlabelled
+            raise TypeError(
+                "return_labels: the processor prepares model inputs only; training labels come from "
+                "train.data.labels (encode_documents, encode_conversation)"
+            )
         # No `tokenizer_init_kwargs`: a tokenizer saved with right padding must not turn generation's default around.
         text_kwargs = self._merge_kwargs(DreamLLMProcessorKwargs, **kwargs)["text_kwargs"]
         documents = self.expand(

@@ -99,6 +99,19 @@ def test_save_and_load_through_auto_processor(processor, tmp_path, rgb_image):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_options_are_refused_not_dropped(processor):
+    with pytest.raises(TypeError, match="return_labels: .*train.data.labels"):
+        processor(text="a red circle", return_labels=True)
+
+
+def test_call_options_follow_transformers_processor_kwargs(processor):
+    flat = processor(text=["a", "a longer text"], padding_side="right", add_eos=True)
+    nested = processor(text=["a", "a longer text"], text_kwargs={"padding_side": "right", "add_eos": True})
+    assert torch.equal(flat["input_ids"], nested["input_ids"])
+    assert flat["input_ids"][0, -1] == processor.pad_token_id and processor.eos_token_id in flat["input_ids"][0].tolist()
+    assert processor(text="a", return_tensors=None)["input_ids"] == [processor.tokenizer("a")["input_ids"]]
+
+
 def test_missing_special_tokens_are_reported():
     from transformers import CLIPImageProcessor
 
