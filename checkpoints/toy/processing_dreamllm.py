@@ -347,9 +347,8 @@ class DreamLLMProcessor(ProcessorMixin):
             `ValueError` / `TypeError` naming the input: no or empty `text`, text holding block tokens, placeholders
             and images that do not match, unreadable or ambiguous images, `max_length` < 1.
         """
-        if (
-            "return_labels" in kwargs
-        ):  # transformers would only warn and drop it: a training call must not go unlabelled
+        # transformers would only warn about it and drop it: a training call must not go unlabelled
+        if "return_labels" in kwargs:
             raise TypeError(
                 "return_labels: the processor prepares model inputs only; training labels come from "
                 "train.data.labels (encode_documents, encode_conversation)"

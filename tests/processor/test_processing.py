@@ -1,4 +1,5 @@
-"""DreamLLMProcessor: placeholder expansion, images, padding, chat template, save/load (labels: tests/training/test_labels.py)."""
+"""DreamLLMProcessor: placeholder expansion, images, padding, chat template, save/load.
+Training labels are tested with the training code (tests/training/test_labels.py)."""
 
 import pytest
 import torch
@@ -41,8 +42,6 @@ def test_image_and_dream_expand_to_the_official_blocks(processor, rgb_image):
     assert batch["pixel_values"].shape[0] == 2 and batch["target_pixel_values"].shape[0] == 1
 
 
-
-
 def test_targets_are_in_minus_one_one_at_decoder_resolution(processor):
     from PIL import Image
 
@@ -72,10 +71,6 @@ def test_image_count_mismatch_names_both_counts(processor, rgb_image):
         processor(text="<dream> then <image>", images=[rgb_image])
 
 
-
-
-
-
 def test_chat_template_is_vicuna_v1_1(processor):
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
@@ -86,8 +81,6 @@ def test_chat_template_is_vicuna_v1_1(processor):
     assert rendered == f"{SYSTEM_PROMPT} USER: <image>\nWhat is this? ASSISTANT: A cat.</s>USER: Draw it. ASSISTANT:"
     custom = processor.apply_chat_template([{"role": "system", "content": "Be brief."}, *messages[:1]], tokenize=False)
     assert custom == "Be brief. USER: <image>\nWhat is this? "
-
-
 
 
 def test_save_and_load_through_auto_processor(processor, tmp_path, rgb_image):
@@ -108,7 +101,8 @@ def test_call_options_follow_transformers_processor_kwargs(processor):
     flat = processor(text=["a", "a longer text"], padding_side="right", add_eos=True)
     nested = processor(text=["a", "a longer text"], text_kwargs={"padding_side": "right", "add_eos": True})
     assert torch.equal(flat["input_ids"], nested["input_ids"])
-    assert flat["input_ids"][0, -1] == processor.pad_token_id and processor.eos_token_id in flat["input_ids"][0].tolist()
+    assert flat["input_ids"][0, -1] == processor.pad_token_id
+    assert processor.eos_token_id in flat["input_ids"][0].tolist()
     assert processor(text="a", return_tensors=None)["input_ids"] == [processor.tokenizer("a")["input_ids"]]
 
 

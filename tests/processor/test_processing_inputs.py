@@ -55,8 +55,6 @@ def test_saved_chat_template_itself_refuses_unknown_roles(processor):
         processor.tokenizer.apply_chat_template(messages, chat_template=processor.chat_template, tokenize=False)
 
 
-
-
 @pytest.mark.parametrize("bad", [None, 7, b"\x89PNG", {"path": "cat.png"}, "cat.png"])
 def test_non_images_are_type_errors_naming_the_position(processor, rgb_image, bad):
     with pytest.raises(TypeError, match=r"images\[1\] is a"):
