@@ -19,7 +19,7 @@ from peft import get_peft_model, get_peft_model_state_dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_dreamllm import DreamLLMConfig  # noqa: E402
-from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
+from modeling_dreamllm import DreamLLMForConditionalGeneration  # noqa: E402
 from train.adapters import ADAPTER_WEIGHTS_NAME, save_adapter  # noqa: E402
 from train.dpo import dpo_lora_config  # noqa: E402
 from train.stages import PROJECTORS_AND_QUERIES, apply_lora, load_model  # noqa: E402
@@ -52,7 +52,7 @@ def measured(folder: Path, build, rank: int) -> tuple[int, int]:
 
 def computed_7b(build, rank: int) -> int:
     with torch.device("meta"):
-        model = DreamLLMForCausalLM(DreamLLMConfig())
+        model = DreamLLMForConditionalGeneration(DreamLLMConfig())
     return parameters(build(model, rank))
 
 

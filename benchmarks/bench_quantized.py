@@ -6,7 +6,8 @@ loading), text-to-image (64 px random decoder, so that the LLM's part shows), gr
 
     python benchmarks/bench_quantized.py              # 2 layers, CPU
     python benchmarks/bench_quantized.py --layers 4 --tokens 32
-    # CUDA, 4-bit: DreamLLMForCausalLM.from_pretrained(folder, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    # CUDA, 4-bit: DreamLLMForConditionalGeneration.from_pretrained(
+    #     folder, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def weight_mib(module: torch.nn.Module) -> float:
 
 
 def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
-    from modeling_dreamllm import DreamLLMForCausalLM
+    from modeling_dreamllm import DreamLLMForConditionalGeneration
     from pipeline_dreamllm import DreamLLMPipeline
 
     torch.set_num_threads(1)
@@ -77,7 +78,7 @@ def measure(folder: Path, variant: str, tokens: int, steps: int) -> dict:
         from transformers import TorchAoConfig
 
         kwargs["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig())
-    llm = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, **kwargs).eval()
+    llm = DreamLLMForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16, **kwargs).eval()
     pipe = DreamLLMPipeline.from_pretrained(folder, llm=llm, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     load = time.perf_counter() - start

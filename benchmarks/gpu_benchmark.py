@@ -41,7 +41,7 @@ from transformers import CLIPImageProcessor, LlamaConfig, LlavaConfig, LlavaForC
 
 from bench_pipeline import ImageEveryNTokens  # noqa: E402
 from configuration_dreamllm import DreamLLMConfig  # noqa: E402
-from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
+from modeling_dreamllm import DreamLLMForConditionalGeneration  # noqa: E402
 from pipeline_dreamllm import DreamLLMPipeline  # noqa: E402
 from processing_dreamllm import DreamLLMProcessor  # noqa: E402
 from train.assemble import diffusion_image_processor  # noqa: E402
@@ -109,7 +109,7 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, scratch: Path):
     config.text_config._attn_implementation = config.vision_config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):
-        llm = DreamLLMForCausalLM._from_config(config, dtype=dtype).eval()
+        llm = DreamLLMForConditionalGeneration._from_config(config, dtype=dtype).eval()
         unet = UNet2DConditionModel.from_config(unet_config).to(dtype)
         vae = AutoencoderKL.from_config(vae_config).to(dtype)
         llava_config = LlavaConfig(text_config=config.text_config.to_dict(),

@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig  # noqa: E402
-from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
+from modeling_dreamllm import DreamLLMForConditionalGeneration  # noqa: E402
 from train.convert.configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
 from train.stages import LANGUAGE_MODEL_TARGETS, PROJECTORS_AND_QUERIES, new_token_ids  # noqa: E402
 
@@ -82,13 +82,13 @@ def count(module: torch.nn.Module) -> int:
 
 def build_meta(config: DreamLLMConfig):
     with torch.device("meta"):
-        model = DreamLLMForCausalLM(config)
+        model = DreamLLMForConditionalGeneration(config)
         unet = UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG)
         vae = AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG)
     return model, unet, vae
 
 
-def lora_parameters(model: DreamLLMForCausalLM, rank: int) -> int:
+def lora_parameters(model: DreamLLMForConditionalGeneration, rank: int) -> int:
     """What `train.stages.apply_lora` trains: r x (in + out) per targeted projection, the new tokens' rows."""
     pattern = re.compile(LANGUAGE_MODEL_TARGETS)
     adapters = sum(
@@ -129,7 +129,7 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         return self
 
 
-def llm_activation_bytes(model: DreamLLMForCausalLM, micro_batch: int, seq: int) -> dict[str, int]:
+def llm_activation_bytes(model: DreamLLMForConditionalGeneration, micro_batch: int, seq: int) -> dict[str, int]:
     """Saved bytes of one bf16 decoder layer (its recompute), of a layer input (what checkpointing keeps), and of
     the LM head with the fp32 cross-entropy, from meta forwards."""
     text = model.config.text_config

@@ -65,13 +65,13 @@ class DreamLLM(lmms):
             raise ValueError(f"dreamllm: unknown --model_args {sorted(unknown)}")
         if int(batch_size) != 1:
             raise ValueError(f"dreamllm: batch_size={batch_size} is not supported, use 1")
-        from modeling_dreamllm import DreamLLMForCausalLM
+        from modeling_dreamllm import DreamLLMForConditionalGeneration
         from processing_dreamllm import DreamLLMProcessor
 
         if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, str(dtype)), torch.dtype):
             raise ValueError(f"dreamllm: dtype={dtype!r} is not a torch dtype name (float32, bfloat16, float16)")
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = DreamLLMForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, dtype))
+        model = DreamLLMForConditionalGeneration.from_pretrained(pretrained, dtype=getattr(torch, dtype))
         self.model = model.to(self._device).eval()
         self.processor = DreamLLMProcessor.from_pretrained(pretrained, config=self.model.config)
         self.max_new_tokens = int(max_new_tokens)

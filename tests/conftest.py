@@ -45,9 +45,9 @@ def toy_stage0(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_folder):
-    from modeling_dreamllm import DreamLLMForCausalLM
+    from modeling_dreamllm import DreamLLMForConditionalGeneration
 
-    return DreamLLMForCausalLM.from_pretrained(tiny_folder).eval()
+    return DreamLLMForConditionalGeneration.from_pretrained(tiny_folder).eval()
 
 
 @pytest.fixture(scope="session")

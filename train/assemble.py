@@ -43,7 +43,7 @@ from configuration_dreamllm import (
     VISION_TOWER_CLS_TOKENS,
     DreamLLMConfig,
 )
-from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
+from modeling_dreamllm import DreamLLMForConditionalGeneration, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from dreamllm_common.folders import staged_folder
 
@@ -54,15 +54,15 @@ DECODER_SUBFOLDERS = ("unet", "vae", "scheduler")
 AUTO_MAP = {
     "AutoConfig": "configuration_dreamllm.DreamLLMConfig",
     "AutoModel": "modeling_dreamllm.DreamLLMModel",
-    "AutoModelForCausalLM": "modeling_dreamllm.DreamLLMForCausalLM",
-    "AutoModelForImageTextToText": "modeling_dreamllm.DreamLLMForCausalLM",
+    "AutoModelForCausalLM": "modeling_dreamllm.DreamLLMForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_dreamllm.DreamLLMForConditionalGeneration",
 }
 
 
 def register_auto_classes(config: DreamLLMConfig):
     """Make `save_pretrained` copy the code files and write `auto_map` for every Auto class we support."""
     DreamLLMConfig.register_for_auto_class()
-    DreamLLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    DreamLLMForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
     DreamLLMProcessor.register_for_auto_class()
     config.auto_map = dict(AUTO_MAP)
 
@@ -117,7 +117,9 @@ def decoder_geometry(diffusion_path: Path) -> tuple[int, int]:
 PROJECTOR_INITS = ("normal", "pytorch")
 
 
-def _init_new_modules(model: DreamLLMForCausalLM, std: float, dtype: torch.dtype, projector_init: str = "normal"):
+def _init_new_modules(
+    model: DreamLLMForConditionalGeneration, std: float, dtype: torch.dtype, projector_init: str = "normal"
+):
     """Materialise and initialise the modules DreamLLM adds (built on the meta device)."""
     if projector_init not in PROJECTOR_INITS:
         raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
@@ -202,7 +204,7 @@ def assemble(
     )
     register_auto_classes(config)
     with torch.device("meta"):
-        model = DreamLLMForCausalLM(config)
+        model = DreamLLMForConditionalGeneration(config)
     model.model.language_model = language_model.get_decoder()
     model.lm_head = language_model.get_output_embeddings()  # the embedding matrix itself when the LLM ties them
     model.model.vision_tower = vision_tower.requires_grad_(False)

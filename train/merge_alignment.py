@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from modeling_dreamllm import DreamLLMForCausalLM
+from modeling_dreamllm import DreamLLMForConditionalGeneration
 from train.assemble import DECODER_SUBFOLDERS, register_auto_classes, staged_folder
 from train.checkpoints import check_model_folder
 from train.errors import InputError
@@ -71,7 +71,7 @@ def merge_alignment(creation: str | Path, comprehension: str | Path, output: str
             raise InputError(f"{folder} is not a DreamLLM folder (no config.json)")
         check_model_folder(folder)
     _same_decoder(creation, comprehension)
-    model = DreamLLMForCausalLM.from_pretrained(creation, dtype="auto")
+    model = DreamLLMForConditionalGeneration.from_pretrained(creation, dtype="auto")
     register_auto_classes(model.config)
     state = model.state_dict()
     taken = set()

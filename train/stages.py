@@ -46,7 +46,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTConfig, TrlParser
 
 from configuration_dreamllm import SPECIAL_TOKENS
-from modeling_dreamllm import DreamLLMForCausalLM
+from modeling_dreamllm import DreamLLMForConditionalGeneration
 from processing_dreamllm import DreamLLMProcessor
 from train.adapters import is_adapter_folder
 from train.assemble import register_auto_classes
@@ -61,7 +61,8 @@ from train.trainer import DreamLLMTrainer
 logger = logging.getLogger(__name__)
 
 PROJECTORS_AND_QUERIES = ("vision_projector", "dream_queries", "condition_projector")
-# The parts of a DreamLLMForCausalLM that can train; CLIP (`model.vision_tower`) and the decoder never do.
+# The parts of a DreamLLMForConditionalGeneration that can train; CLIP (`model.vision_tower`) and the decoder never
+# do: `set_stage_trainable` freezes everything else (loading leaves every parameter trainable).
 LANGUAGE_MODEL_PARTS = ("model.language_model", "lm_head")
 FROZEN_ALWAYS = ("model.vision_tower", "unet", "vae")
 
@@ -271,7 +272,7 @@ def resolve_alignment(script_args: DreamLLMArguments) -> None:
 
 
 def trained_parts(stage: str, alignment: str = "joint") -> tuple[str, ...]:
-    """Module paths (in `DreamLLMForCausalLM`) that train in `stage`; everything else is frozen."""
+    """Module paths (in `DreamLLMForConditionalGeneration`) that train in `stage`; everything else is frozen."""
     if STAGES[stage].train_language_model:
         return tuple(f"model.{name}" for name in PROJECTORS_AND_QUERIES) + LANGUAGE_MODEL_PARTS
     return ALIGNMENTS[alignment].trained
@@ -297,7 +298,7 @@ def resolve_max_steps(script_args: DreamLLMArguments, training_args: SFTConfig) 
     training_args.max_steps = math.ceil(script_args.samples_per_epoch * training_args.num_train_epochs / batch)
 
 
-def set_stage_trainable(model: DreamLLMForCausalLM, stage: str, alignment: str = "joint") -> None:
+def set_stage_trainable(model: DreamLLMForConditionalGeneration, stage: str, alignment: str = "joint") -> None:
     """`requires_grad` per stage (`trained_parts`): projectors and queries (the alignment variant's share of them),
     the LLM from I-GPT on; CLIP never."""
     model.requires_grad_(False)
@@ -348,12 +349,14 @@ def zero3_init_disabled():
         yield
 
 
-def load_model(folder: str | Path) -> DreamLLMForCausalLM:
+def load_model(folder: str | Path) -> DreamLLMForConditionalGeneration:
     """fp32 master weights (mixed precision autocasts); saves copy the code files and `auto_map`. The project's own
     class: no code from the folder runs. Every tensor comes from the folder: one missing is an error, not a random
     initialisation."""
     check_model_folder(folder)
-    model, info = DreamLLMForCausalLM.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    model, info = DreamLLMForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32, output_loading_info=True
+    )
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise InputError(f"{folder}: its weights lack {len(missing)} tensors ({', '.join(missing[:3])}, ...); "

@@ -127,9 +127,9 @@ def without_tied_copies(model: torch.nn.Module, state_dict: dict[str, torch.Tens
 
 @contextlib.contextmanager
 def own_class(model: torch.nn.Module):
-    """FSDP2 turns a sharded module's class into a subclass defined in torch (`FSDPDreamLLMForCausalLM`), which
-    `save_pretrained` would write into `auto_map` and whose torch source files it would copy as the model's code: the
-    model is saved under its own class."""
+    """FSDP2 turns a sharded module's class into a subclass defined in torch (`FSDPDreamLLMForConditionalGeneration`),
+    which `save_pretrained` would write into `auto_map` and whose torch source files it would copy as the model's
+    code: the model is saved under its own class."""
     sharded_class = type(model)
     if not isinstance(model, FSDPModule):
         yield model
@@ -169,7 +169,8 @@ class DreamLLMTrainer(SFTTrainer):
     """`SFTTrainer` for DreamLLM (see the module docstring).
 
     Args:
-        model: a `DreamLLMForCausalLM` (or a PEFT model around one) with the stage's `requires_grad` flags set.
+        model: a `DreamLLMForConditionalGeneration` (or a PEFT model around one) with the stage's `requires_grad`
+            flags set.
         args: an `SFTConfig`; `remove_unused_columns` and dataset preparation are turned off (the samples are
             already encoded, and carry columns the model does not take).
         diffusion_loss: the frozen decoder's loss; it is moved to the training device, outside the optimizer.
@@ -257,7 +258,7 @@ class DreamLLMTrainer(SFTTrainer):
         return self.accelerator.unwrap_model(model if model is not None else self.model)
 
     def _dreamllm(self, model=None):
-        """The plain `DreamLLMForCausalLM` (inside DDP/FSDP/DeepSpeed and PEFT wrappers)."""
+        """The plain `DreamLLMForConditionalGeneration` (inside DDP/FSDP/DeepSpeed and PEFT wrappers)."""
         unwrapped = self._unwrapped(model)
         return unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
 

@@ -138,9 +138,6 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
         except SafetensorError as error:  # safetensors' own message names no file
             raise OSError(f"{damaged_weights_file(pretrained_model_name_or_path)}: {error}") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` adds a dict
-        # Loading materialises fresh parameters, which forgets `requires_grad`: freeze the vision tower again.
-        base = model if isinstance(model, DreamLLMModel) else model.model
-        base.vision_tower.requires_grad_(False)
         if getattr(model, "generation_config", None) is not None and model.generation_config.suppress_tokens is None:
             # Folders saved before the text-only `generate` contract get it at load time.
             model.generation_config.suppress_tokens = model.config.special_token_ids
@@ -411,7 +408,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         return self(input_ids=self.null_condition_ids(), use_cache=False, return_dict=True).condition_embeds
 
 
-class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
+class DreamLLMForConditionalGeneration(DreamLLMPreTrainedModel, GenerationMixin):
     """DreamLLM with its language-modelling head (tied to the input embedding when the LLM ties it): understanding
     (`generate`), the LM loss, and the `condition_embeds` of every creation block for the diffusion decoder.
 
@@ -598,4 +595,8 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["DreamLLMPreTrainedModel", "DreamLLMModel", "DreamLLMForCausalLM"]
+# The class's name before it followed transformers' image-text-to-text naming: folders saved then list it in
+# `architectures` and `auto_map`, pipelines in model_index.json, and they load through it unchanged.
+DreamLLMForCausalLM = DreamLLMForConditionalGeneration
+
+__all__ = ["DreamLLMPreTrainedModel", "DreamLLMModel", "DreamLLMForConditionalGeneration", "DreamLLMForCausalLM"]

@@ -1,14 +1,17 @@
 """DreamLLM processor: expands `<image>` / `<dream>` placeholders into the official block layout and prepares
-vision-tower inputs, diffusion targets and LM labels, with the Vicuna chat template of the release or the LLM's own."""
+vision-tower inputs and diffusion targets, with the Vicuna chat template of the release or the LLM's own.
+Training labels are computed from the same expansion in `train/data/labels.py`."""
 
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
-import torch
 import transformers
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ChannelDimension, to_numpy_array
+from transformers.processing_utils import ProcessingKwargs, TextKwargs, Unpack
 
 try:
     from .configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
@@ -122,35 +125,34 @@ def check_messages(messages, where: str = "messages") -> None:
                 raise ValueError(f"{name} is a system message with a {kind!r} item: system messages hold text only")
 
 
-def _array_to_uint8(array: np.ndarray, where: str, sixteen_bit: bool = False) -> np.ndarray:
-    """Pixel values as uint8: 8-bit as they are, 16-bit scaled down, floats from [0, 1]; anything else is an error."""
+def _to_uint8(array: np.ndarray, where: str, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel values as uint8, refusing what `to_pil_image` would misread: 16-bit values are scaled (it would refuse
+    them), floats always come from [0, 1] and are rounded (it reads whole-numbered floats as 0-255 and truncates)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise TypeError(f"{where} has pixel dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where} is a float image holding NaN or infinite values: float pixels must lie in [0, 1]")
+    low, high = array.min(), array.max()
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"{where} is a float image holding NaN or infinite values: float pixels must lie in [0, 1]")
-        if array.min() < 0 or array.max() > 1:
+        if low < 0 or high > 1:
             raise ValueError(
-                f"{where} is a float image with values in [{array.min():g}, {array.max():g}]: float pixels "
-                "must lie in [0, 1] (pass uint8 for 0-255 values)"
+                f"{where} is a float image with values in [{low:g}, {high:g}]: float pixels must lie in "
+                "[0, 1] (pass uint8 for 0-255 values)"
             )
         return np.round(array * 255).astype(np.uint8)
-    low, high = int(array.min()), int(array.max())
-    if sixteen_bit or array.dtype == np.uint16:
-        if low < 0 or high > 65535:
-            raise ValueError(f"{where} is a 16-bit image with values in [{low}, {high}], outside [0, 65535]")
-        return np.round(array.astype(np.float64) / 257).astype(np.uint8)
-    if low < 0 or high > 255:
-        raise ValueError(f"{where} is an integer image with values in [{low}, {high}]: expected [0, 255] (uint8)")
-    return array.astype(np.uint8)
+    limit = 65535 if sixteen_bit or array.dtype == np.uint16 else 255
+    if low < 0 or high > limit:
+        raise ValueError(f"{where} is an integer image with values in [{low}, {high}]: expected [0, {limit}]")
+    return (np.round(array / 257) if limit == 65535 else array).astype(np.uint8)
 
 
 def to_rgb_image(image, where: str = "image") -> PIL.Image.Image:
     """One image (a PIL image, or an `(H, W)`, `(H, W, C)` or `(C, H, W)` numpy array or torch tensor with 1, 3 or
-    4 channels) as an 8-bit RGB PIL image; unreadable, empty or ambiguous inputs raise an error naming `where`.
-    Whether a truncated file is unreadable is PIL's own setting (`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, off by default)."""
+    4 channels) as an 8-bit RGB PIL image, through transformers' `to_pil_image`; unreadable, empty or ambiguous inputs
+    raise an error naming `where`. Whether a truncated file is unreadable is PIL's own setting
+    (`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`, off by default)."""
     if isinstance(image, PIL.Image.Image):
         try:
             image.load()
@@ -158,31 +160,27 @@ def to_rgb_image(image, where: str = "image") -> PIL.Image.Image:
             raise ValueError(f"{where} cannot be read: {error} (a truncated, closed or damaged image)") from error
         if image.width == 0 or image.height == 0:
             raise ValueError(f"{where} is empty ({image.width}x{image.height} pixels)")
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit / 32-bit: scale, never saturate
-            array = np.asarray(image)
-            return to_rgb_image(_array_to_uint8(array, where, sixteen_bit=image.mode != "F"), where)
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
+        if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+            return image.convert("RGB")
+        image = _to_uint8(np.asarray(image), where, sixteen_bit=image.mode != "F")  # 16/32-bit: scale, never saturate
+    if not (isinstance(image, np.ndarray) or type(image).__module__.startswith("torch")):
         raise TypeError(
             f"{where} is a {type(image).__name__}: images must be PIL images, numpy arrays or torch tensors"
         )
-    array = image[..., None] if image.ndim == 2 else image
+    array = to_numpy_array(image.detach().cpu() if hasattr(image, "detach") else image)
+    array = array[..., None] if array.ndim == 2 else array
     if array.ndim != 3:
         raise ValueError(
             f"{where} is an array of shape {tuple(image.shape)}: one image is (H, W), (H, W, C) or (C, H, W); "
             "pass several images as a list, one per placeholder"
         )
-    if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-        array = array.transpose(1, 2, 0)
-    if array.shape[-1] not in (1, 3, 4):
+    # Channels last unless only the first axis can hold them (transformers would guess first when both can).
+    channels = ChannelDimension.LAST if array.shape[-1] in (1, 3, 4) else ChannelDimension.FIRST
+    if channels == ChannelDimension.FIRST and array.shape[0] not in (1, 3, 4):
         raise ValueError(f"{where} has shape {tuple(image.shape)}: expected 1, 3 or 4 channels")
-    if array.shape[0] == 0 or array.shape[1] == 0:
+    if 0 in (array.shape[:2] if channels == ChannelDimension.LAST else array.shape[1:]):
         raise ValueError(f"{where} is empty (shape {tuple(image.shape)})")
-    array = _array_to_uint8(array, where)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
-    return PIL.Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).convert("RGB")
+    return to_pil_image(_to_uint8(array, where), input_data_format=channels).convert("RGB")
 
 
 def pil_backend(image_processor):
@@ -194,21 +192,22 @@ def pil_backend(image_processor):
     return image_processor if pil_class is None else pil_class(**image_processor.to_dict())
 
 
-@dataclass
-class _Document:
-    """One sample as units that truncation never splits: a text token or a whole image block."""
+class DreamLLMTextKwargs(TextKwargs, total=False):
+    add_eos: bool  # append the tokenizer's eos token to each document (training does; generation must not)
 
-    units: list[list[int]] = field(default_factory=list)
-    unit_labels: list[list[int]] = field(default_factory=list)
-    unit_images: list[list[tuple[str, object]]] = field(default_factory=list)  # ("clip" | "target", image)
 
-    def add(self, ids: list[int], labels: list[int], images: list[tuple[str, object]] = ()):
-        self.units.append(ids)
-        self.unit_labels.append(labels)
-        self.unit_images.append(list(images))
+class DreamLLMProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: DreamLLMTextKwargs
 
-    def __len__(self) -> int:
-        return sum(len(unit) for unit in self.units)
+
+class Unit(NamedTuple):
+    """A piece of an expanded document that truncation never splits: one text token or one whole image block.
+    `source` is the position in the tokenized text it comes from (None for the `<s>` and `</s>` the processor adds);
+    `images` pairs each image of the block with its use (`"clip"`: vision-tower input, `"target"`: diffusion target)."""
+
+    ids: list[int]
+    source: int | None = None
+    images: tuple = ()
 
 
 class DreamLLMProcessor(ProcessorMixin):
@@ -221,24 +220,34 @@ class DreamLLMProcessor(ProcessorMixin):
     are given. `images` are consumed in document order, one per placeholder; trailing `<dream>`s may come without one.
 
     Text is tokenized whole (as `tokenizer(text, add_special_tokens=False)`, after the tokenizer's BOS token unless the
-    text already starts with it; a tokenizer without one, as Qwen2's, gets none), so the ids of a chat rendered with
-    `apply_chat_template` are the same for inference (`processor(text=rendered)`) and training
-    (`encode_conversation`). The chat template is the release's Vicuna one (`CHAT_TEMPLATE`) or the LLM's own
-    (ChatML for Qwen2, `[INST]` for Mistral). The block tokens (`<im_start>`, `<im_patch>`, `<im_end>`,
-    `<dream_start>`, `<dream_end>`) are written only by the processor: text holding them is an error. Images are PIL images, or numpy arrays / torch
-    tensors of one image each (uint8, 16-bit, or float in [0, 1]); both image processors run on the PIL backend.
+    text already starts with it; a tokenizer without one, as Qwen2's, gets none), so a chat rendered with
+    `apply_chat_template` has the same ids here and in training (`train.data.labels`). The chat template is the
+    release's Vicuna one (`CHAT_TEMPLATE`) or the LLM's own (ChatML for Qwen2, `[INST]` for Mistral). The block tokens
+    (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_start>`, `<dream_end>`) are written only by the processor: text
+    holding them is an error. Images are PIL images, or numpy arrays / torch tensors of one image each (uint8, 16-bit,
+    or float in [0, 1]); both image processors run on the PIL backend.
 
     Example:
 
     ```python
     >>> from transformers import AutoProcessor
     >>> processor = AutoProcessor.from_pretrained("path/to/dreamllm", trust_remote_code=True)
-    >>> batch = processor(text="A cat. <image> The same cat, painted. <dream>", images=[cat, painting],
-    ...                   return_labels=True, return_tensors="pt")
+    >>> batch = processor(text="A cat. <image> The same cat, painted. <dream>", images=[cat, painting])
     >>> sorted(batch.keys())
-    ['attention_mask', 'input_ids', 'labels', 'pixel_values', 'target_pixel_values']
+    ['attention_mask', 'input_ids', 'pixel_values', 'target_pixel_values']
     ```
     """
+
+    valid_processor_kwargs = DreamLLMProcessorKwargs
+    # Defaults (transformers' processor-attribute convention): pad on the left for generation, cut over-long
+    # documents at unit boundaries, no eos, PyTorch tensors.
+    text_kwargs = {
+        "padding": True,
+        "padding_side": "left",
+        "truncation": True,
+        "add_eos": False,
+        "return_tensors": "pt",
+    }
 
     def __init__(
         self,
@@ -252,28 +261,30 @@ class DreamLLMProcessor(ProcessorMixin):
     ):
         self.num_image_tokens = num_image_tokens
         self.num_dream_queries = num_dream_queries
-        if chat_template is None:
-            chat_template = CHAT_TEMPLATE
-        image_processor, diffusion_image_processor = pil_backend(image_processor), pil_backend(diffusion_image_processor)
-        super().__init__(image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template)
+        image_processor, diffusion_image_processor = (
+            pil_backend(image_processor),
+            pil_backend(diffusion_image_processor),
+        )
+        super().__init__(
+            image_processor, tokenizer, diffusion_image_processor, chat_template=chat_template or CHAT_TEMPLATE
+        )
         ids = tokenizer.convert_tokens_to_ids
         self.pad_token_id = tokenizer.pad_token_id
-        # Documents start with the tokenizer's BOS token; a tokenizer without one (Qwen2) gets none.
-        self.bos_token_id = tokenizer.bos_token_id
+        self.bos_token_id = tokenizer.bos_token_id  # documents start with it; a tokenizer without one (Qwen2) gets none
         self.eos_token_id = tokenizer.eos_token_id
         self.image_token_id = ids(IMAGE_PLACEHOLDER)
         self.dream_token_id = ids(DREAM_PLACEHOLDER)
-        self.image_patch_token_id = ids(SPECIAL_TOKENS["image_patch_token_id"])
-        self.image_start_token_id = ids(SPECIAL_TOKENS["image_start_token_id"])
-        self.image_end_token_id = ids(SPECIAL_TOKENS["image_end_token_id"])
-        self.dream_start_token_id = ids(SPECIAL_TOKENS["dream_start_token_id"])
-        self.dream_end_token_id = ids(SPECIAL_TOKENS["dream_end_token_id"])
+        for name in ("image_patch", "image_start", "image_end", "dream_start", "dream_end"):
+            setattr(self, f"{name}_token_id", ids(SPECIAL_TOKENS[f"{name}_token_id"]))
         missing = [
-            token for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS) if ids(token) in (None, tokenizer.unk_token_id)
+            token
+            for token in (IMAGE_PLACEHOLDER, DREAM_PLACEHOLDER, *BLOCK_TOKENS)
+            if ids(token) in (None, tokenizer.unk_token_id)
         ]
-        if missing or self.pad_token_id is None:
+        missing += [] if self.pad_token_id is not None else ["pad"]
+        if missing:
             raise ValueError(
-                f"the tokenizer lacks the DreamLLM special tokens {missing + ([] if self.pad_token_id is not None else ['pad'])}; "
+                f"the tokenizer lacks the DreamLLM special tokens {missing}; "
                 "build the folder with `python -m train.assemble`"
             )
         self._block_token_ids = {ids(token): token for token in BLOCK_TOKENS}
@@ -296,7 +307,6 @@ class DreamLLMProcessor(ProcessorMixin):
             module_name += "Pil"
         return ProcessorMixin.get_possibly_dynamic_module(module_name)
 
-    # ----------------------------------------------------------------------------------------------------- blocks
     @property
     def prefix_ids(self) -> list[int]:
         """`[<s>]`: the tokenizer's BOS token, or `[]` for a tokenizer without one (Qwen2)."""
@@ -304,59 +314,131 @@ class DreamLLMProcessor(ProcessorMixin):
 
     def image_block(self) -> list[int]:
         """`<im_start>` + N x `<im_patch>` + `<im_end>`: the comprehension block of one image."""
-        return [self.image_start_token_id] + [self.image_patch_token_id] * self.num_image_tokens + [self.image_end_token_id]
+        return (
+            [self.image_start_token_id]
+            + [self.image_patch_token_id] * self.num_image_tokens
+            + [self.image_end_token_id]
+        )
 
     def dream_block(self) -> list[int]:
         """`<dream_start>` + Q x `<im_patch>` + `<dream_end>`: the creation block of one image."""
-        return [self.dream_start_token_id] + [self.image_patch_token_id] * self.num_dream_queries + [self.dream_end_token_id]
+        return (
+            [self.dream_start_token_id]
+            + [self.image_patch_token_id] * self.num_dream_queries
+            + [self.dream_end_token_id]
+        )
 
-    # ------------------------------------------------------------------------------------------------- encoding
     def __call__(
-        self,
-        text: str | list[str] | None = None,
-        images=None,
-        *,
-        return_labels: bool = False,
-        add_eos: bool | None = None,
-        padding: bool | str = True,
-        padding_side: str | None = None,
-        truncation: bool = True,
-        max_length: int | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        self, text: str | list[str] | None = None, images=None, **kwargs: Unpack[DreamLLMProcessorKwargs]
     ) -> BatchFeature:
         r"""
-        Encode a document or a batch of documents.
+        Encode a document or a batch of documents for the model.
 
         Args:
             text: one string or a non-empty list of strings with `<image>` / `<dream>` placeholders.
             images: PIL images / arrays consumed in document order, one per placeholder: a flat list over the batch,
                 or one list per document.
-            return_labels: also return `labels`: text, `</s>` and `<dream_start>` are learned; every slot, the other
-                markers, `<s>` and padding are -100.
-            add_eos: append `</s>` (default: when `return_labels`).
-            padding / padding_side: pad to the longest document; the side defaults to right for training
-                (`return_labels`) and left for generation.
-            truncation / max_length: documents longer than `max_length` (default: the tokenizer's
-                `model_max_length`; must be >= 1) lose whole trailing units (text tokens or image blocks, never part of
-                a block); with `truncation=False` they raise instead.
+            kwargs: transformers' text kwargs (`padding` (default True), `padding_side` (default left),
+                `truncation` / `max_length`: documents over `max_length` (default: the tokenizer's
+                `model_max_length`) lose whole trailing units, text tokens or image blocks, or raise with
+                `truncation=False`), `add_eos` (default False), `return_tensors` (default "pt").
 
         Raises:
             `ValueError` / `TypeError` naming the input: no or empty `text`, text holding block tokens, placeholders
             and images that do not match, unreadable or ambiguous images, `max_length` < 1.
         """
-        texts = self._check_texts(text)
-        encodings = [self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in texts]
-        learned = [[True] * len(ids) for ids in encodings]
-        return self._encode_batch(
-            encodings, learned, images, return_labels, add_eos, padding, padding_side, truncation, max_length, return_tensors
+        # transformers would only warn about it and drop it: a training call must not go unlabelled
+        if "return_labels" in kwargs:
+            raise TypeError(
+                "return_labels: the processor prepares model inputs only; training labels come from "
+                "train.data.labels (encode_documents, encode_conversation)"
+            )
+        # No `tokenizer_init_kwargs`: a tokenizer saved with right padding must not turn generation's default around.
+        text_kwargs = self._merge_kwargs(DreamLLMProcessorKwargs, **kwargs)["text_kwargs"]
+        documents = self.expand(
+            [self.tokenizer(doc, add_special_tokens=False)["input_ids"] for doc in self._check_texts(text)],
+            images,
+            text_kwargs["add_eos"],
+            text_kwargs["truncation"],
+            text_kwargs.get("max_length"),
         )
+        return self.collate(
+            documents, text_kwargs["padding"], text_kwargs["padding_side"], text_kwargs["return_tensors"]
+        )
+
+    def expand(
+        self,
+        encodings: list[list[int]],
+        images=None,
+        add_eos: bool = False,
+        truncation: bool = True,
+        max_length: int | None = None,
+    ) -> list[list[Unit]]:
+        """Tokenized documents as units: placeholders expanded into blocks with their images, cut to `max_length`."""
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        max_length = max_length or self.tokenizer.model_max_length
+        documents = []
+        for index, (ids, queue) in enumerate(zip(encodings, self._split_images(encodings, images))):
+            blocked = next((token for token in ids if token in self._block_token_ids), None)
+            if blocked is not None:
+                raise ValueError(
+                    f"text[{index}] contains {self._block_token_ids[blocked]!r}: block tokens are written by the "
+                    f"processor from {IMAGE_PLACEHOLDER} / {DREAM_PLACEHOLDER} placeholders and cannot come from text"
+                )
+            # A template may write `<s>` itself (Mistral, Llama-3).
+            units = [Unit(self.prefix_ids)] if self.prefix_ids and ids[:1] != self.prefix_ids else []
+            for position, token in enumerate(ids):
+                if token == self.image_token_id:
+                    units.append(Unit(self.image_block(), position, (("clip", queue.pop(0)),)))
+                elif token == self.dream_token_id and queue:  # creation with a target, read back through CLIP
+                    image = queue.pop(0)
+                    units.append(
+                        Unit(self.dream_block() + self.image_block(), position, (("target", image), ("clip", image)))
+                    )
+                else:
+                    units.append(Unit(self.dream_block() if token == self.dream_token_id else [token], position))
+            units += [Unit([self.eos_token_id])] if add_eos else []
+            length = sum(len(unit.ids) for unit in units)
+            if length > max_length and not truncation:
+                raise ValueError(
+                    f"text[{index}] has {length} tokens, over max_length={max_length}, and truncation=False"
+                )
+            end = units[-1:] if length > max_length and units[-1].ids == [self.eos_token_id] else []  # kept when cut
+            while units and sum(len(unit.ids) for unit in units) + len(end) > max_length:
+                units.pop()
+            documents.append(units + end)
+        return documents
+
+    def collate(
+        self, documents: list[list[Unit]], padding=True, padding_side="left", return_tensors="pt"
+    ) -> BatchFeature:
+        """Expanded documents as model inputs: ids padded by the tokenizer, images through the image processors."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        sequences = [[token for unit in units for token in unit.ids] for units in documents]
+        data = dict(self.tokenizer.pad({"input_ids": sequences}, padding=padding, padding_side=padding_side))
+        images = {
+            kind: [image for units in documents for unit in units for use, image in unit.images if use == kind]
+            for kind in ("clip", "target")
+        }
+        if images["clip"]:
+            data["pixel_values"] = self.image_processor(images["clip"], return_tensors="pt")["pixel_values"]
+        if images["target"]:
+            data["target_pixel_values"] = self.diffusion_image_processor(images["target"], return_tensors="pt")[
+                "pixel_values"
+            ]
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
         """`ProcessorMixin.apply_chat_template` after `check_messages`: roles the template cannot render faithfully
         (a `tool` turn, a `system` message after the first, a message without `role` or `content`) raise. With an
         LLM's own template (no `{% generation %}` spans), list content is first written as text with placeholders."""
-        batched = isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
+        batched = (
+            isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple))
+        )
         for index, messages in enumerate(conversation if batched else [conversation]):
             check_messages(messages, f"conversation[{index}]" if batched else "messages")
         if not self._marks_assistant_spans(chat_template):
@@ -367,90 +449,6 @@ class DreamLLMProcessor(ProcessorMixin):
         """Whether the template marks assistant replies with `{% generation %}` (the release's Vicuna template does;
         an LLM's own template, such as Qwen2's ChatML, does not)."""
         return bool(GENERATION_MARKER.search(chat_template or self.chat_template or ""))
-
-    def encode_conversation(
-        self,
-        messages: list[dict],
-        images=None,
-        *,
-        truncation: bool = True,
-        max_length: int | None = None,
-        return_tensors: str | None = "pt",
-    ) -> BatchFeature:
-        """Encode one chat for supervised fine-tuning: the ids inference computes for the rendered chat
-        (`processor(text=processor.apply_chat_template(messages, tokenize=False))`), with labels on the assistant
-        replies and their end-of-turn token only: the template's `{% generation %}` spans (the Vicuna template, through
-        the tokenizer's `return_assistant_tokens_mask`), or, for an LLM's own template, each reply's text after the
-        generation prompt up to and including the tokenizer's eos token (`<|im_end|>` for Qwen2-Instruct). Message
-        content may hold `<image>` / `<dream>` placeholders or `{"type": "image"}` / `{"type": "dream"}` items.
-
-        Example:
-
-        ```python
-        >>> messages = [{"role": "user", "content": "<image>\nWhat is this?"}, {"role": "assistant", "content": "A cat."}]
-        >>> batch = processor.encode_conversation(messages, images=[cat])
-        >>> processor.tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100])
-        'A cat.</s>'
-        ```
-        """
-        check_messages(messages)
-        if not self._marks_assistant_spans():
-            ids, learned = self._encode_with_own_template(flatten_content(messages))
-            return self._encode_batch(
-                [ids], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
-            )
-        encoded = self.tokenizer.apply_chat_template(
-            list(messages),
-            chat_template=self.chat_template,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
-        learned = [bool(flag) for flag in encoded["assistant_masks"]]
-        if not any(learned):
-            raise ValueError(
-                "messages has nothing to learn: no assistant reply holds a token (training learns the assistant turns)"
-            )
-        return self._encode_batch(
-            [encoded["input_ids"]], [learned], images, True, False, True, "right", truncation, max_length, return_tensors
-        )
-
-    def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-
-    def _encode_with_own_template(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
-        """Ids of the rendered chat (tokenized whole, as inference does) and which of them the LM learns: each
-        assistant reply's span, found as the text after the chat rendered up to that reply with its generation
-        prompt, up to the first eos token (or the end of the reply's own rendering)."""
-        text = self._render(messages)
-        eos = self.tokenizer.eos_token
-        spans = []
-        for index, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            prompt = self._render(messages[:index], add_generation_prompt=True) if index else ""
-            if not text.startswith(prompt):
-                raise ValueError(
-                    f"the chat template renders messages[:{index}] with its generation prompt as text that does not "
-                    "begin the whole chat, so the reply to learn cannot be located"
-                )
-            end = text.find(eos, len(prompt)) if eos else -1
-            if end >= 0:
-                end += len(eos)
-            else:  # the template ends turns with another token than eos: the reply's own rendering, trimmed
-                turn = self._render(messages[: index + 1]).rstrip()
-                if not text.startswith(turn):
-                    raise ValueError(f"the chat template renders messages[{index}] differently inside the whole chat")
-                end = len(turn)
-            spans.append((len(prompt), end))
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        learned = [
-            any(start < span_end and stop > span_start for span_start, span_end in spans)
-            for start, stop in encoded["offset_mapping"]
-        ]
-        return encoded["input_ids"], learned
 
     def _check_texts(self, text) -> list[str]:
         if text is None:
@@ -506,108 +504,6 @@ class DreamLLMProcessor(ProcessorMixin):
             raise ValueError(f"{len(images)} images were given but the texts' placeholders take only {cursor}")
         return per_doc
 
-    def _encode_document(
-        self, ids: list[int], learned: list[bool], images: list, add_eos: bool, where: str
-    ) -> _Document:
-        """Expand the placeholders of tokenized text into blocks; `learned` marks the tokens the LM learns."""
-        blocked = next((token for token in ids if token in self._block_token_ids), None)
-        if blocked is not None:
-            raise ValueError(
-                f"{where} contains {self._block_token_ids[blocked]!r}: block tokens are written by the processor from "
-                f"{IMAGE_PLACEHOLDER} / {DREAM_PLACEHOLDER} placeholders and cannot come from text"
-            )
-        doc, queue = _Document(), list(images)
-        if self.prefix_ids and ids[:1] != self.prefix_ids:  # a template may write `<s>` itself (Mistral, Llama-3)
-            doc.add(self.prefix_ids, [IGNORE_INDEX])
-        for token, learn in zip(ids, learned):
-            if token == self.image_token_id:
-                block = self.image_block()
-                doc.add(block, [IGNORE_INDEX] * len(block), [("clip", queue.pop(0))])
-            elif token == self.dream_token_id:
-                block, labels = self.dream_block(), [IGNORE_INDEX] * (self.num_dream_queries + 2)
-                if learn:  # the LM learns where an image goes
-                    labels[0] = self.dream_start_token_id
-                block_images = []
-                if queue:  # creation with a target: the created image is read back through CLIP
-                    image = queue.pop(0)
-                    block_images = [("target", image), ("clip", image)]
-                    block, labels = block + self.image_block(), labels + [IGNORE_INDEX] * (self.num_image_tokens + 2)
-                doc.add(block, labels, block_images)
-            else:
-                learned_token = learn and token not in self._unlearned_ids
-                doc.add([token], [token if learned_token else IGNORE_INDEX])
-        if add_eos:
-            doc.add([self.eos_token_id], [self.eos_token_id])
-        return doc
-
-    @property
-    def _unlearned_ids(self) -> set[int]:
-        return {
-            self.bos_token_id,
-            self.pad_token_id,
-            self.image_patch_token_id,
-            self.image_start_token_id,
-            self.image_end_token_id,
-            self.dream_end_token_id,
-        }
-
-    def _truncate(self, doc: _Document, max_length: int, truncation: bool) -> _Document:
-        if len(doc) <= max_length:
-            return doc
-        if not truncation:
-            raise ValueError(f"the document has {len(doc)} tokens, over max_length={max_length}, and truncation=False")
-        ends_with_eos = doc.units[-1] == [self.eos_token_id]
-        budget = max_length - (1 if ends_with_eos else 0)
-        kept, total = _Document(), 0
-        for ids, labels, unit_images in zip(doc.units, doc.unit_labels, doc.unit_images):
-            if total + len(ids) > budget:
-                break
-            kept.add(ids, labels, unit_images)
-            total += len(ids)
-        if ends_with_eos:
-            kept.add([self.eos_token_id], [self.eos_token_id])
-        return kept
-
-    def _encode_batch(
-        self, encodings, learned, images, return_labels, add_eos, padding, padding_side, truncation, max_length,
-        return_tensors,
-    ) -> BatchFeature:
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
-        if padding_side not in (None, "left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        per_doc_images = self._split_images(encodings, images)
-        add_eos = return_labels if add_eos is None else add_eos
-        max_length = max_length or self.tokenizer.model_max_length
-        docs = [
-            self._truncate(
-                self._encode_document(ids, doc_learned, doc_images, add_eos, f"text[{index}]"), max_length, truncation
-            )
-            for index, (ids, doc_learned, doc_images) in enumerate(zip(encodings, learned, per_doc_images))
-        ]
-        sequences = [[token for unit in doc.units for token in unit] for doc in docs]
-        labels = [[label for unit in doc.unit_labels for label in unit] for doc in docs]
-        clip_images = [image for doc in docs for unit in doc.unit_images for kind, image in unit if kind == "clip"]
-        targets = [image for doc in docs for unit in doc.unit_images for kind, image in unit if kind == "target"]
-
-        side = padding_side or ("right" if return_labels else "left")
-        width = max(map(len, sequences)) if padding else None
-        data = {"input_ids": [], "attention_mask": []}
-        if return_labels:
-            data["labels"] = []
-        for ids, doc_labels in zip(sequences, labels):
-            pad = (width - len(ids)) if width else 0
-            rows = {"input_ids": (ids, self.pad_token_id), "attention_mask": ([1] * len(ids), 0)}
-            if return_labels:
-                rows["labels"] = (doc_labels, IGNORE_INDEX)
-            for key, (row, fill) in rows.items():
-                data[key].append(row + [fill] * pad if side == "right" else [fill] * pad + row)
-        if clip_images:
-            data["pixel_values"] = self.image_processor(clip_images, return_tensors="pt")["pixel_values"]
-        if targets:
-            data["target_pixel_values"] = self.diffusion_image_processor(targets, return_tensors="pt")["pixel_values"]
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "target_pixel_values"]
@@ -615,6 +511,7 @@ class DreamLLMProcessor(ProcessorMixin):
 
 __all__ = [
     "DreamLLMProcessor",
+    "DreamLLMProcessorKwargs",
     "CHAT_TEMPLATE",
     "SYSTEM_PROMPT",
     "IGNORE_INDEX",

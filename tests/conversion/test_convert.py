@@ -202,7 +202,7 @@ def test_loads_through_auto_classes_with_every_weight_from_the_file(converted, m
     tensors = {k: v for k, v in folder_tensors(converted).items() if "/" not in k}
     assert sorted(state) == sorted(tensors)  # no missing, no unexpected keys
     assert all(torch.equal(state[key], tensors[key]) for key in tensors)
-    assert type(model).__name__ == "DreamLLMForCausalLM" and model.dtype == torch.float32
+    assert type(model).__name__ == "DreamLLMForConditionalGeneration" and model.dtype == torch.float32
     assert type(processor).__name__ == "DreamLLMProcessor"
     from diffusers import AutoencoderKL, UNet2DConditionModel
 

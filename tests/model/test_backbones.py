@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTo
 from processing_dreamllm import CHAT_TEMPLATE, IGNORE_INDEX
 from train.assemble import main as assemble_main
 from train.data.example_files import write_mmc4, write_pair_folder
+from train.data.labels import encode_conversation
 from train.stages import main as train_main
 from train.tiny_random import (
     MISTRAL_CHAT_TEMPLATE,
@@ -177,7 +178,7 @@ def test_training_ids_are_inference_ids_on_each_real_format_tokenizer(trained):
     processor = AutoProcessor.from_pretrained(trained["assembled"], trust_remote_code=True)
     tokenizer = processor.tokenizer
     images = [image(2), image(3)]
-    encoded = processor.encode_conversation(CHAT, images=images)
+    encoded = encode_conversation(processor, CHAT, images=images)
     rendered = processor.apply_chat_template(CHAT, tokenize=False)
     inferred = processor(text=rendered, images=images)
     assert torch.equal(encoded["input_ids"], inferred["input_ids"])

@@ -9,12 +9,12 @@ from transformers import GenerationConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from configuration_dreamllm import DreamLLMConfig
-from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
+from modeling_dreamllm import DreamLLMForConditionalGeneration, DreamLLMModel
 
 
 @pytest.fixture(scope="module")
 def model(tiny_folder):
-    return DreamLLMForCausalLM.from_pretrained(tiny_folder).eval()
+    return DreamLLMForConditionalGeneration.from_pretrained(tiny_folder).eval()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_plain_generate_writes_text_only_and_saves_the_contract(model, tiny_proc
     assert sorted(saved["suppress_tokens"]) == sorted(config.special_token_ids)
     # A folder saved before the contract (no suppress_tokens) gets it when loaded.
     GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(tmp_path)
-    reloaded = DreamLLMForCausalLM.from_pretrained(tmp_path)
+    reloaded = DreamLLMForConditionalGeneration.from_pretrained(tmp_path)
     assert sorted(reloaded.generation_config.suppress_tokens) == sorted(config.special_token_ids)
 
 
@@ -174,7 +174,7 @@ def test_a_damaged_weights_file_is_named(tiny_folder, tmp_path, damage):
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     else:
         weights.write_bytes(b"\xff" * 16 + weights.read_bytes()[16:])
-    for load in (DreamLLMForCausalLM.from_pretrained,
+    for load in (DreamLLMForConditionalGeneration.from_pretrained,
                  lambda path: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
         with pytest.raises(OSError, match=f"{weights} is damaged or truncated"):
             load(folder)

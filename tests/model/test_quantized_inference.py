@@ -9,7 +9,7 @@ pytest.importorskip("torchao", reason="torchao is not installed (pip install -r 
 from torchao.quantization import Int8WeightOnlyConfig  # noqa: E402
 from transformers import TorchAoConfig  # noqa: E402
 
-from modeling_dreamllm import DreamLLMForCausalLM  # noqa: E402
+from modeling_dreamllm import DreamLLMForConditionalGeneration  # noqa: E402
 from pipeline_dreamllm import DreamLLMPipeline  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def weight_bytes(module: torch.nn.Module) -> int:
 
 
 def test_int8_weight_only_llm_inside_the_pipeline(tiny_folder):
-    quantized = DreamLLMForCausalLM.from_pretrained(
+    quantized = DreamLLMForConditionalGeneration.from_pretrained(
         tiny_folder, dtype=torch.bfloat16, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
     ).eval()
     layer = quantized.model.language_model.layers[0]

@@ -11,7 +11,7 @@ import torch
 from transformers.models.auto import modeling_auto
 
 from configuration_dreamllm import DreamLLMConfig
-from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
+from modeling_dreamllm import DreamLLMForConditionalGeneration, DreamLLMModel
 
 try:
     from transformers_common import GenerationChecks, load_test_modeling_common
@@ -111,7 +111,7 @@ class DreamLLMModelTester:
 
 
 class DreamLLMCommonModelTest(common.ModelTesterMixin, GenerationChecks, unittest.TestCase):
-    all_model_classes = (DreamLLMModel, DreamLLMForCausalLM)
+    all_model_classes = (DreamLLMModel, DreamLLMForConditionalGeneration)
     _is_composite = True
 
     def setUp(self):
@@ -121,7 +121,7 @@ class DreamLLMCommonModelTest(common.ModelTesterMixin, GenerationChecks, unittes
         # AutoModelForImageTextToText), and take it out again afterwards.
         for table, name in [
             (modeling_auto.MODEL_MAPPING_NAMES, "DreamLLMModel"),
-            (modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, "DreamLLMForCausalLM"),
+            (modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, "DreamLLMForConditionalGeneration"),
         ]:
             patcher = mock.patch.dict(table, {"dreamllm": name})
             patcher.start()

@@ -85,7 +85,7 @@ def test_folder_is_a_diffusers_pipeline(tiny_folder):
     index = json.loads((tiny_folder / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_dreamllm", "DreamLLMPipeline"]
     # The llm and processor live at the root, where diffusers' loader reads a component without a subfolder.
-    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForCausalLM"]
+    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForConditionalGeneration"]
     assert index["processor"] == ["processing_dreamllm", "DreamLLMProcessor"]
     assert not (tiny_folder / "llm").exists() and not (tiny_folder / "processor").exists()
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
@@ -118,7 +118,7 @@ print("passed components", encoder.llm is pipe.llm, encoder.unet, encoder.vae, e
 """,
         cwd=tmp_path,
     )
-    assert "classes DreamLLMPipeline DreamLLMForCausalLM DreamLLMProcessor DPMSolverMultistepScheduler" in output
+    assert "classes DreamLLMPipeline DreamLLMForConditionalGeneration DreamLLMProcessor DPMSolverMultistepScheduler" in output
     assert f"pil Image {DECODER_SIZE}" in output
     assert "passed components True None None None" in output
     assert "same seed identical True" in output
@@ -177,7 +177,7 @@ except ValueError as error:
     assert "reloaded identical True" in output
     # diffusers copied the interleaved module with the pipeline from the saved folder into its module namespace
     assert "interleaved from the folder diffusers_modules.local.interleaved_dreamllm True" in output
-    assert "auto classes DreamLLMForCausalLM DreamLLMProcessor" in output
+    assert "auto classes DreamLLMForConditionalGeneration DreamLLMProcessor" in output
     assert "class-level load identical True" in output
     assert "variant llm and unet are the variant [False, True]" in output
     assert "own variant llm and unet are the variant [True, True]" in output

@@ -1,10 +1,11 @@
-"""DreamLLMProcessor: placeholder expansion, labels, images, truncation, padding, chat template, save/load."""
+"""DreamLLMProcessor: placeholder expansion, images, padding, chat template, save/load.
+Training labels are tested with the training code (tests/training/test_labels.py)."""
 
 import pytest
 import torch
 from transformers import AutoProcessor
 
-from processing_dreamllm import IGNORE_INDEX, SYSTEM_PROMPT, DreamLLMProcessor
+from processing_dreamllm import SYSTEM_PROMPT, DreamLLMProcessor
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def runs(ids: list[int], processor) -> list[tuple[str, int]]:
 
 def test_image_and_dream_expand_to_the_official_blocks(processor, rgb_image):
     n, q = processor.num_image_tokens, processor.num_dream_queries
-    batch = processor(text="A cat.<image>Draw it again.<dream>", images=[rgb_image, rgb_image], return_labels=True)
+    batch = processor(text="A cat.<image>Draw it again.<dream>", images=[rgb_image, rgb_image], add_eos=True)
     layout = runs(batch["input_ids"][0].tolist(), processor)
     assert [name for name, _ in layout] == [
         "<s>", "text", "<im_start>", "<im_patch>", "<im_end>", "text",
@@ -39,20 +40,6 @@ def test_image_and_dream_expand_to_the_official_blocks(processor, rgb_image):
     ]
     assert [length for name, length in layout if name == "<im_patch>"] == [n, q, n]
     assert batch["pixel_values"].shape[0] == 2 and batch["target_pixel_values"].shape[0] == 1
-
-
-def test_labels_learn_text_eos_and_dream_start_only(processor, rgb_image):
-    batch = processor(text="A cat.<image>Draw it.<dream>", images=[rgb_image, rgb_image], return_labels=True)
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
-    learned = labels != IGNORE_INDEX
-    assert torch.equal(labels[learned], ids[learned])
-    learned_ids = set(ids[learned].tolist())
-    assert processor.dream_start_token_id in learned_ids and processor.eos_token_id in learned_ids
-    for unlearned in (processor.image_patch_token_id, processor.image_start_token_id, processor.image_end_token_id,
-                      processor.dream_end_token_id, processor.bos_token_id):
-        assert unlearned not in learned_ids
-    text_ids = processor.tokenizer("A cat.Draw it.", add_special_tokens=False)["input_ids"]
-    assert int(learned.sum()) >= len(text_ids) - 2  # all text tokens (tokenization may merge across the cut)
 
 
 def test_targets_are_in_minus_one_one_at_decoder_resolution(processor):
@@ -84,34 +71,6 @@ def test_image_count_mismatch_names_both_counts(processor, rgb_image):
         processor(text="<dream> then <image>", images=[rgb_image])
 
 
-def test_nested_images_per_document_and_padding_sides(processor, rgb_image):
-    texts = ["<image> short", "a much longer text that goes on <image> and on"]
-    left = processor(text=texts, images=[[rgb_image], [rgb_image]])
-    right = processor(text=texts, images=[[rgb_image], [rgb_image]], return_labels=True)
-    assert right["input_ids"].shape[1] == left["input_ids"].shape[1] + 1  # </s> when training
-    pad = processor.pad_token_id
-    assert left["input_ids"][0, 0] == pad and left["attention_mask"][0, 0] == 0
-    assert right["input_ids"][0, -1] == pad and right["labels"][0, -1] == IGNORE_INDEX
-    assert torch.equal(left["attention_mask"].sum(1), right["attention_mask"].sum(1) - 1)  # + </s> when training
-
-
-def test_truncation_never_cuts_inside_a_block(processor, rgb_image):
-    n = processor.num_image_tokens
-    full = processor(text="one two<image>three four five", images=[rgb_image], return_labels=True)
-    length = full["input_ids"].shape[1]
-    cut_inside_block = 1 + 2 + n // 2  # would end in the middle of the image block
-    truncated = processor(
-        text="one two<image>three four five", images=[rgb_image], return_labels=True, max_length=cut_inside_block
-    )
-    ids = truncated["input_ids"][0].tolist()
-    assert processor.image_patch_token_id not in ids and "pixel_values" not in truncated
-    assert ids[-1] == processor.eos_token_id and len(ids) <= cut_inside_block
-    kept = processor(text="one two<image>three four five", images=[rgb_image], max_length=length - 1, add_eos=False)
-    assert kept["input_ids"][0].tolist().count(processor.image_patch_token_id) == n
-    with pytest.raises(ValueError, match="over max_length"):
-        processor(text="one two<image>three", images=[rgb_image], max_length=10, truncation=False)
-
-
 def test_chat_template_is_vicuna_v1_1(processor):
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
@@ -124,27 +83,27 @@ def test_chat_template_is_vicuna_v1_1(processor):
     assert custom == "Be brief. USER: <image>\nWhat is this? "
 
 
-def test_encode_conversation_labels_assistant_replies_only(processor, rgb_image):
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
-        {"role": "assistant", "content": "A cat."},
-    ]
-    encoded = processor.encode_conversation(messages, images=[rgb_image])
-    rendered = processor.apply_chat_template(messages, tokenize=False)
-    plain = processor(text=rendered, images=[rgb_image], add_eos=False)
-    assert torch.equal(encoded["input_ids"], plain["input_ids"])
-    ids, labels = encoded["input_ids"][0], encoded["labels"][0]
-    learned_text = processor.tokenizer.decode(ids[labels != IGNORE_INDEX])
-    assert learned_text.strip() == "A cat.</s>"
-
-
 def test_save_and_load_through_auto_processor(processor, tmp_path, rgb_image):
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert (loaded.num_image_tokens, loaded.num_dream_queries) == (processor.num_image_tokens, processor.num_dream_queries)
-    a = processor(text="<image> hi<dream>", images=[rgb_image, rgb_image], return_labels=True)
-    b = loaded(text="<image> hi<dream>", images=[rgb_image, rgb_image], return_labels=True)
+    a = processor(text="<image> hi<dream>", images=[rgb_image, rgb_image])
+    b = loaded(text="<image> hi<dream>", images=[rgb_image, rgb_image])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_options_are_refused_not_dropped(processor):
+    with pytest.raises(TypeError, match="return_labels: .*train.data.labels"):
+        processor(text="a red circle", return_labels=True)
+
+
+def test_call_options_follow_transformers_processor_kwargs(processor):
+    flat = processor(text=["a", "a longer text"], padding_side="right", add_eos=True)
+    nested = processor(text=["a", "a longer text"], text_kwargs={"padding_side": "right", "add_eos": True})
+    assert torch.equal(flat["input_ids"], nested["input_ids"])
+    assert flat["input_ids"][0, -1] == processor.pad_token_id
+    assert processor.eos_token_id in flat["input_ids"][0].tolist()
+    assert processor(text="a", return_tensors=None)["input_ids"] == [processor.tokenizer("a")["input_ids"]]
 
 
 def test_missing_special_tokens_are_reported():

@@ -8,8 +8,6 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from processing_dreamllm import IGNORE_INDEX
-
 
 @pytest.fixture
 def processor(tiny_processor):
@@ -23,11 +21,7 @@ def pixels(processor, image):
 @pytest.mark.parametrize("token", ["<im_patch>", "<im_start>", "<im_end>", "<dream_start>", "<dream_end>"])
 def test_block_tokens_never_come_from_text(processor, token):
     with pytest.raises(ValueError, match=f"text\\[0\\] contains '{token}'"):
-        processor(text=f"a cat {token} on a mat", return_labels=True)
-    with pytest.raises(ValueError, match=f"contains '{token}'"):
-        processor.encode_conversation(
-            [{"role": "user", "content": f"say {token}"}, {"role": "assistant", "content": "no"}]
-        )
+        processor(text=f"a cat {token} on a mat")
     # The documented placeholders still expand, and only into whole blocks.
     ids = processor(text="a red circle<dream>")["input_ids"][0].tolist()
     assert ids.count(processor.dream_start_token_id) == 1
@@ -51,8 +45,6 @@ def test_block_tokens_never_come_from_text(processor, token):
 )
 def test_malformed_chats_are_clear_errors(processor, messages, message):
     with pytest.raises(ValueError, match=message):
-        processor.encode_conversation(messages)
-    with pytest.raises(ValueError, match=message):
         processor.apply_chat_template(messages, tokenize=False)
 
 
@@ -61,13 +53,6 @@ def test_saved_chat_template_itself_refuses_unknown_roles(processor):
     messages = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "LEAKED"}]
     with pytest.raises(Exception, match="got role 'tool'"):
         processor.tokenizer.apply_chat_template(messages, chat_template=processor.chat_template, tokenize=False)
-
-
-def test_messages_that_are_not_dicts_or_lists_are_type_errors(processor):
-    with pytest.raises(TypeError, match="must be a list"):
-        processor.encode_conversation("USER: hi")
-    with pytest.raises(TypeError, match=r"messages\[0\] must be a dict"):
-        processor.encode_conversation(["hi"])
 
 
 @pytest.mark.parametrize("bad", [None, 7, b"\x89PNG", {"path": "cat.png"}, "cat.png"])
@@ -142,8 +127,6 @@ def test_bad_text_and_lengths_are_clear_errors(processor):
             processor(text="a red circle", max_length=max_length)
     with pytest.raises(ValueError, match="padding_side"):
         processor(text="a red circle", padding_side="middle")
-    one = processor(text="a red circle", max_length=1, return_labels=True)  # room for `</s>` only
-    assert one["input_ids"][0].tolist() == [processor.eos_token_id] and one["labels"][0].tolist() != [IGNORE_INDEX]
 
 
 def test_loading_picks_the_pil_backend_without_a_fallback_warning(tiny_folder):
@@ -163,24 +146,8 @@ def test_loading_picks_the_pil_backend_without_a_fallback_warning(tiny_folder):
 def test_text_that_is_not_valid_unicode_names_where_it_is(processor):
     with pytest.raises(ValueError, match=r"text\[1\] holds a lone surrogate '\\ud800' at character 2"):
         processor(text=["fine", "a \ud800 b"])
-    with pytest.raises(ValueError, match=r"messages\[1\]\['content'\] holds a lone surrogate"):
-        processor.encode_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x\udfff"}])
     with pytest.raises(ValueError, match=r"messages\[0\]\['content'\]\[0\]\['text'\] holds a lone surrogate"):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}])
     # A surrogate pair written as one character is ordinary text.
     assert processor(text="a \U0001f600 b")["input_ids"].shape[0] == 1
 
-
-@pytest.mark.parametrize(
-    "messages",
-    [
-        [{"role": "user", "content": "What is this?"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-    ],
-)
-def test_a_conversation_with_nothing_to_learn_is_refused(processor, messages):
-    with pytest.raises(ValueError, match="messages has nothing to learn: no assistant reply"):
-        processor.encode_conversation(messages)
-    # An empty reply still teaches the end of the turn.
-    batch = processor.encode_conversation(messages + [{"role": "assistant", "content": ""}])
-    assert (batch["labels"] != IGNORE_INDEX).sum() == 1

@@ -11,6 +11,7 @@ from transformers import CLIPImageProcessorPil, LlamaTokenizer  # noqa: E402
 
 from processing_dreamllm import IGNORE_INDEX, DreamLLMProcessor  # noqa: E402
 from train.assemble import add_special_tokens  # noqa: E402
+from train.data.labels import encode_conversation  # noqa: E402
 
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant.",
@@ -71,7 +72,7 @@ def images():
 
 def test_training_ids_are_the_inference_ids_of_the_rendered_chat(processor, images):
     rendered = processor.apply_chat_template(MESSAGES, tokenize=False)
-    training = processor.encode_conversation(MESSAGES, images=images)
+    training = encode_conversation(processor, MESSAGES, images=images)
     inference = processor(text=rendered, images=images, add_eos=False)
     assert torch.equal(training["input_ids"], inference["input_ids"])
     torch.testing.assert_close(training["pixel_values"], inference["pixel_values"])
@@ -89,7 +90,7 @@ def test_training_ids_are_the_inference_ids_of_the_rendered_chat(processor, imag
 
 
 def test_assistant_replies_and_their_eos_are_the_only_labels(processor, images):
-    batch = processor.encode_conversation(MESSAGES, images=images)
+    batch = encode_conversation(processor, MESSAGES, images=images)
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     learned = labels != IGNORE_INDEX
     assert torch.equal(labels[learned], ids[learned])
@@ -114,5 +115,5 @@ def test_generation_prompt_ids_extend_the_training_prefix(processor, images):
     first_turn = MESSAGES[:1]
     prompt = processor.apply_chat_template(first_turn, add_generation_prompt=True, tokenize=False)
     prompt_ids = processor(text=prompt, images=images[:1])["input_ids"][0].tolist()
-    training_ids = processor.encode_conversation(MESSAGES[:2], images=images[:1])["input_ids"][0].tolist()
+    training_ids = encode_conversation(processor, MESSAGES[:2], images=images[:1])["input_ids"][0].tolist()
     assert training_ids[: len(prompt_ids)] == prompt_ids

@@ -53,9 +53,29 @@ def test_loads_through_the_auto_classes():
 
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(CHECKPOINT, trust_remote_code=True)
-    assert type(model).__name__ == "DreamLLMForCausalLM"
-    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert type(model).__name__ == "DreamLLMForConditionalGeneration"
     assert processor.tokenizer.convert_tokens_to_ids("<dream>") == model.config.dream_token_id
+
+
+def test_folders_naming_the_old_class_load_unchanged(pipe):
+    import json
+
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    index = json.loads((CHECKPOINT / "model_index.json").read_text())
+    # Saved before the class followed transformers' image-text-to-text naming; the old name is an alias of it.
+    assert config["architectures"] == ["DreamLLMForCausalLM"]
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_dreamllm.DreamLLMForCausalLM"
+    assert index["llm"] == ["modeling_dreamllm", "DreamLLMForCausalLM"]
+    assert type(pipe.llm).__name__ == "DreamLLMForConditionalGeneration"  # DreamLLMPipeline.from_pretrained
+
+    from diffusers import DiffusionPipeline
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(CHECKPOINT, trust_remote_code=True)
+    assert type(model).__name__ == "DreamLLMForConditionalGeneration"
+    generic = DiffusionPipeline.from_pretrained(CHECKPOINT, trust_remote_code=True)
+    assert type(generic).__name__ == "DreamLLMPipeline"
+    assert type(generic.llm).__name__ == "DreamLLMForConditionalGeneration"
 
 
 @torch.no_grad()

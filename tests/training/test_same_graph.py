@@ -4,12 +4,13 @@
 import torch
 
 from processing_dreamllm import IGNORE_INDEX
+from train.data.labels import encode_documents
 from train.deepspeed_zero import _replicated
 from train.same_graph import append_null_row, project_images_first
 
 
 def test_the_null_row_gives_the_null_condition_and_leaves_the_batch_alone(tiny_model, tiny_processor, one_thread):
-    encoded = tiny_processor(text=["a red circle on black", "two"], padding=True, return_labels=True)
+    encoded = encode_documents(tiny_processor, ["a red circle on black", "two"])
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     null_ids = tiny_model.model.null_condition_ids()
     with_null, labels = append_null_row(inputs, encoded["labels"], null_ids, tiny_processor.tokenizer.pad_token_id)
@@ -26,7 +27,7 @@ def test_the_null_row_gives_the_null_condition_and_leaves_the_batch_alone(tiny_m
 
 def test_images_projected_first_equal_the_model_path_and_none_ties_a_zero(tiny_model, tiny_processor, rgb_image,
                                                                         one_thread):
-    encoded = tiny_processor(text="<image>a picture", images=[rgb_image], return_labels=True)
+    encoded = encode_documents(tiny_processor, "<image>a picture", images=[rgb_image])
     inputs = {key: encoded[key] for key in ("input_ids", "attention_mask", "pixel_values")}
     moved, tie = project_images_first(tiny_model, inputs)
     assert tie is None and "pixel_values" not in moved and "mm_encoder_outputs" in moved

@@ -180,4 +180,4 @@ def test_every_engine_equals_ddp_on_mixed_batches_and_resumes(tiny_folder, tmp_p
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "full", trust_remote_code=True)
-    assert type(loaded).__name__ == "DreamLLMForCausalLM"
+    assert type(loaded).__name__ == "DreamLLMForConditionalGeneration"

@@ -134,14 +134,14 @@ def test_fsdp2_shards_the_llm_saves_plain_folders_and_resumes(tiny_folder, tmp_p
     for folder in (fsdp / "full", fsdp / "full" / "checkpoint-2", fsdp / "full" / "checkpoint-4", fsdp / "resumed"):
         assert set(_weights(folder)) == set(initial), folder
         config = json.loads((folder / "config.json").read_text())
-        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_dreamllm.DreamLLMForCausalLM"
+        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_dreamllm.DreamLLMForConditionalGeneration"
         assert not list(folder.glob("_fsdp*.py"))
         for name in ("unet", "vae", "scheduler", "model_index.json", "modeling_dreamllm.py"):
             assert (folder / name).exists(), (folder, name)
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(fsdp / "full", trust_remote_code=True)
-    assert type(loaded).__name__ == "DreamLLMForCausalLM"
+    assert type(loaded).__name__ == "DreamLLMForConditionalGeneration"
 
     full, resumed = _weights(fsdp / "full"), _weights(fsdp / "resumed")
     for key in initial:

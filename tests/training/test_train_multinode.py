@@ -59,4 +59,5 @@ def test_two_machines_on_localhost_train_one_run(tiny_folder, tmp_path):
     assert any(not torch.equal(final[key], initial[key]) for key in initial if "language_model" in key)
     from transformers import AutoModelForCausalLM
 
-    assert type(AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)).__name__ == "DreamLLMForCausalLM"
+    loaded = AutoModelForCausalLM.from_pretrained(output, trust_remote_code=True)
+    assert type(loaded).__name__ == "DreamLLMForConditionalGeneration"

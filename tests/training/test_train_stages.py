@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from train.data import build_train_dataset
 from train.data.example_files import write_example_sources, write_mmc4
-from train.stages import build_trainer, main, parse_args
+from train.stages import build_trainer, load_model, main, parse_args, set_stage_trainable
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -95,7 +95,7 @@ def test_every_stage_trains_its_parts_and_writes_a_loadable_folder(tiny_folder, 
 
     for folder in (tmp_path / "sft", tmp_path / "sft" / "checkpoint-2"):
         loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
-        assert type(loaded).__name__ == "DreamLLMForCausalLM"
+        assert type(loaded).__name__ == "DreamLLMForConditionalGeneration"
         assert (folder / "modeling_dreamllm.py").is_file() and (folder / "processing_dreamllm.py").is_file()
     try:
         from pipeline_dreamllm import DreamLLMPipeline
@@ -103,6 +103,16 @@ def test_every_stage_trains_its_parts_and_writes_a_loadable_folder(tiny_folder, 
         return
     pipeline = DreamLLMPipeline.from_pretrained(tmp_path / "sft")
     assert pipeline.unet is not None and (tmp_path / "sft" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("stage", ["alignment", "igpt", "sft"])
+def test_each_stage_freezes_clip_which_loading_leaves_trainable(tiny_folder, stage):
+    model = load_model(tiny_folder)
+    assert all(p.requires_grad for p in model.model.vision_tower.parameters())  # loading decides nothing
+    set_stage_trainable(model, stage)
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert model.model.dream_queries.weight.requires_grad and model.model.condition_projector.weight.requires_grad
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.requires_grad == (stage != "alignment")
 
 
 def test_gradient_reaches_queries_projector_and_llm_but_not_frozen_parts(tiny_folder, sources, tmp_path):

@@ -25,7 +25,7 @@ from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from configuration_dreamllm import DreamLLMConfig
-from modeling_dreamllm import DreamLLMForCausalLM
+from modeling_dreamllm import DreamLLMForConditionalGeneration
 from processing_dreamllm import DreamLLMProcessor
 from train.assemble import (
     DECODER_SUBFOLDERS,
@@ -63,7 +63,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def write_transformers_files(staging: Path, config: DreamLLMConfig, processor: DreamLLMProcessor, tokenizer) -> None:
     """config.json, generation_config.json, the code files and the processor, as `save_pretrained` writes them."""
     with torch.device("meta"):
-        model = DreamLLMForCausalLM(config)
+        model = DreamLLMForConditionalGeneration(config)
     custom_object_save(model, staging, config=config)
     config.save_pretrained(staging)
     GenerationConfig(

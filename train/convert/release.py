@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig
-from modeling_dreamllm import DreamLLMForCausalLM
+from modeling_dreamllm import DreamLLMForConditionalGeneration
 from train.assemble import register_auto_classes
 from train.convert.configs import (
     CLIP_VIT_L14_IMAGE_PROCESSOR_CONFIG,
@@ -167,7 +167,7 @@ def build_config(
         **{name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()},
     )
     config.dtype = dtype_name
-    config.architectures = [DreamLLMForCausalLM.__name__]
+    config.architectures = [DreamLLMForConditionalGeneration.__name__]
     register_auto_classes(config)
     return config
 
@@ -175,7 +175,7 @@ def build_config(
 def expected_model_shapes(config: DreamLLMConfig) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of the DreamLLM model the config describes, built on the meta device (no memory)."""
     with torch.device("meta"):
-        state = DreamLLMForCausalLM(config).state_dict()
+        state = DreamLLMForConditionalGeneration(config).state_dict()
     return {key: tuple(t.shape) for key, t in state.items()}
 
 

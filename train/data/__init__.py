@@ -3,6 +3,7 @@
 from .collator import DreamLLMDataCollator
 from .dataset import build_train_dataset
 from .encoding import COUNT_KEYS, SampleEncoder
+from .labels import encode_conversation, encode_documents
 from .samples import BadSample, SampleBuilder, SampleSpec
 from .sources import DataSource, detect_kind
 
@@ -16,4 +17,6 @@ __all__ = [
     "SampleSpec",
     "build_train_dataset",
     "detect_kind",
+    "encode_conversation",
+    "encode_documents",
 ]

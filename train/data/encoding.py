@@ -19,6 +19,7 @@ from train.errors import InputError
 
 from processing_dreamllm import IGNORE_INDEX
 
+from .labels import encode_conversation, encode_documents
 from .samples import NOTE_KEYS, SKIP_REASONS, BadSample, SampleBuilder, SampleSpec
 
 COUNT_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS) + NOTE_KEYS
@@ -44,12 +45,10 @@ class SampleEncoder:
     def _call_processor(self, spec: SampleSpec, truncation: bool):
         images = spec.images or None
         if spec.messages is not None:
-            return self.processor.encode_conversation(
-                spec.messages, images, truncation=truncation, max_length=self.max_length
+            return encode_conversation(
+                self.processor, spec.messages, images, truncation=truncation, max_length=self.max_length
             )
-        return self.processor(
-            text=spec.text, images=images, return_labels=True, truncation=truncation, max_length=self.max_length
-        )
+        return encode_documents(self.processor, spec.text, images, truncation=truncation, max_length=self.max_length)
 
     def encode_spec(self, spec: SampleSpec) -> dict:
         try:
