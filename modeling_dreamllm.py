@@ -183,8 +183,6 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.dream_queries = nn.Embedding(config.num_dream_queries, text_hidden)
         self.condition_projector = nn.Linear(text_hidden, config.condition_hidden_size, bias=False)
-        # The vision tower stays frozen in every DreamLLM stage.
-        self.vision_tower.requires_grad_(False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
