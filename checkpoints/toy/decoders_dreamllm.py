@@ -35,7 +35,8 @@ FLOW_MATCHING_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
 
 class StableDiffusionDecoder:
-    """SD 1.x / 2.x: a `UNet2DConditionModel` whose only condition is its cross-attention context."""
+    """SD 1.x / 2.x: a `UNet2DConditionModel` whose only condition is its cross-attention context (an added
+    `addition_embed_type="text"` embedding, when configured, is computed by the UNet from that same context)."""
 
     name = "stable-diffusion"
     subfolder = "unet"
@@ -46,7 +47,7 @@ class StableDiffusionDecoder:
 
     @classmethod
     def accepts(cls, class_name: str, config: Any) -> bool:
-        return class_name == "UNet2DConditionModel" and _get(config, "addition_embed_type") is None
+        return class_name == "UNet2DConditionModel" and _get(config, "addition_embed_type") in (None, "text")
 
     @property
     def context_dim(self) -> int:
