@@ -44,13 +44,13 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from decoders_dreamllm import DECODER_PARTS, DENOISER_SUBFOLDERS, denoiser_subfolder, folder_decoder_family
 from configuration_dreamllm import (
     SPECIAL_TOKENS,
     VISION_FEATURE_SELECT_STRATEGIES,
     VISION_TOWER_CLS_TOKENS,
     DreamLLMConfig,
 )
+from decoders_dreamllm import DECODER_PARTS, DENOISER_SUBFOLDERS, denoiser_subfolder, folder_decoder_family
 from modeling_dreamllm import DreamLLMForCausalLM, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from train.folders import staged_folder
@@ -286,9 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         vision_feature_layer=args.vision_feature_layer, vision_feature_select_strategy=args.vision_feature_select_strategy
     )
     if args.preset == "tiny-random":
-        from train.tiny_random import LLM_FAMILIES, VISION_FAMILIES, build_tiny_components
-
-        from train.tiny_random import DECODER_FAMILIES
+        from train.tiny_random import DECODER_FAMILIES, LLM_FAMILIES, VISION_FAMILIES, build_tiny_components
 
         families = dict(llm=args.llm or "llama", vision=args.vision or "clip", decoder=args.decoder or "sd")
         if (families["llm"] not in LLM_FAMILIES or families["vision"] not in VISION_FAMILIES

@@ -315,4 +315,4 @@ class DreamLLMDiffusionLoss(nn.Module):
         return per_image.mean()
 
 
-__all__ = ["DreamLLMDiffusionLoss", "FLOW_MATCHING_DEFAULTS", "graph_connected_zero", "min_snr_weights"]
+__all__ = ["FLOW_MATCHING_DEFAULTS", "DreamLLMDiffusionLoss", "graph_connected_zero", "min_snr_weights"]

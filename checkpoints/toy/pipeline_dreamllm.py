@@ -346,11 +346,12 @@ class DreamLLMPipeline(DiffusionPipeline):
         """A clear error when `work` needs components this pipeline was built without (`denoiser`: the unet or the
         transformer)."""
         missing = [name for name in names if getattr(self, name, None) is None]
-        missing = ["unet (or transformer)" if name == "denoiser" else name for name in missing]
+        note = " (the denoiser: `transformer` for SD3 folders)" if "denoiser" in missing else ""
+        missing = ["unet" if name == "denoiser" else name for name in missing]
         if missing:
             raise ValueError(
-                f"{work} needs the pipeline's {', '.join(missing)}, which this pipeline has as None; load it with "
-                f"them (or pass them: `DreamLLMPipeline.from_pretrained(folder, {missing[0]}=...)`)"
+                f"{work} needs the pipeline's {', '.join(missing)}{note}, which this pipeline has as None; load it "
+                f"with them (or pass them: `DreamLLMPipeline.from_pretrained(folder, {missing[0]}=...)`)"
             )
 
     # ------------------------------------------------------------------------------------------- loading / saving

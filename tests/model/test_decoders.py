@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_isolated
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from safetensors.torch import load_file
 
-from conftest import run_isolated
 from decoders_dreamllm import decoder_family, folder_decoder_family
 from pipeline_dreamllm import DreamLLMPipeline
 from train.assemble import main as assemble_main
