@@ -293,16 +293,16 @@ class DreamLLMDiffusionLoss(nn.Module):
             null = null_condition.to(device=self.device, dtype=condition.dtype).expand_as(condition)
             condition = torch.where(dropped[:, None, None], null, condition)
 
+        inputs = [condition, noisy, timesteps, target, *([] if sigmas is None else [sigmas])]
         chunk = self.max_unet_batch or num_inputs
         if chunk >= num_inputs:
-            per_image = self._per_image_loss(condition, noisy, timesteps, target, sigmas)
+            per_image = self._per_image_loss(*inputs)
         else:
             # The noise and timesteps were drawn above, so recomputing a chunk in the backward pass is exact.
             recompute = torch.is_grad_enabled()
             pieces = []
             for start in range(0, num_inputs, chunk):
-                args = [None if x is None else x[start : start + chunk]
-                        for x in (condition, noisy, timesteps, target, sigmas)]
+                args = [x[start : start + chunk] for x in inputs]
                 if recompute:
                     pieces.append(checkpoint(self._per_image_loss, *args, use_reentrant=False))
                 else:

@@ -658,6 +658,10 @@ class DreamLLMPipeline(DiffusionPipeline):
             _check_positive_int(value, name, upper=max_side)
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be divisible by {self.vae_scale_factor}, got {height}x{width}")
+        multiple = self.vae_scale_factor * (self.denoiser.config.get("patch_size") or 1)  # SD3 patchifies latents
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be divisible by {multiple} for this {self.decoder.name} decoder "
+                             f"(VAE factor x patch size), got {height}x{width}")
         if timesteps is None and sigmas is None:
             _check_positive_int(num_inference_steps, "num_inference_steps",
                                 upper=self.scheduler.config.num_train_timesteps)

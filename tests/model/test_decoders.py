@@ -187,6 +187,15 @@ def test_sdxl_time_ids_are_the_made_images_size(trained):
     assert family.time_ids(2, (16, 24), "cpu", torch.float32).tolist() == [[16, 24, 0, 0, 16, 24]] * 2
 
 
+def test_sd3_sizes_must_fill_whole_patches(trained):
+    if trained["family"] != "sd3":
+        pytest.skip("only the SD3 transformer patchifies its latents")
+    pipe = DreamLLMPipeline.from_pretrained(trained["trained"])
+    with pytest.raises(ValueError, match=r"divisible by 4 for this stable-diffusion-3 decoder .* got 18x16"):
+        pipe("a cat", height=18, width=16, num_inference_steps=1)
+    assert pipe("a cat", height=24, width=16, num_inference_steps=1, output_type="np").images.shape == (1, 24, 16, 3)
+
+
 def test_decoder_families_are_chosen_from_the_folder_and_unknown_ones_refused(tmp_path):
     assert decoder_family("UNet2DConditionModel", {"cross_attention_dim": 1024}).name == "stable-diffusion"
     with pytest.raises(ValueError, match="unsupported diffusion decoder SanaTransformer2DModel"):
