@@ -52,6 +52,7 @@ def trained(request, tmp_path_factory) -> dict:
         "--data", str(write_pair_folder(root / "pairs")), "--max_steps", "2", "--per_device_train_batch_size", "2",
         "--bf16", "false", "--activation_checkpointing", "false", "--logging_steps", "1", "--save_steps", "100",
         "--disable_tqdm", "true", "--seed", "0", "--report_to", "none", "--learning_rate", "1e-2",
+        "--creation_prob", "1.0",  # every pair is a creation sample: both steps have a diffusion loss
     ])
     losses = [entry["diffusion_loss"] for entry in trainer.state.log_history if "diffusion_loss" in entry]
     return dict(family=family, facts=facts, parts=parts, assembled=assembled, trained=output, losses=losses)
@@ -216,3 +217,19 @@ def test_tiny_random_preset_builds_each_family(tmp_path):
         assert folder_decoder_family(tmp_path / family).name == facts["name"]
         vae = json.loads((Path(tmp_path / family) / "vae" / "config.json").read_text())
         assert vae["latent_channels"] == facts["latent_channels"]
+
+
+def test_a_config_without_a_pooled_width_loads_as_before():
+    """Folders written before the decoder families (checkpoints/toy, converted releases) have no pooled projector."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from configuration_dreamllm import DreamLLMConfig
+
+    toy = Path(__file__).resolve().parents[2] / "checkpoints" / "toy"
+    saved = json.loads((toy / "config.json").read_text())
+    assert "pooled_condition_hidden_size" not in saved
+    config = DreamLLMConfig.from_pretrained(toy)
+    assert config.pooled_condition_hidden_size == 0
+    assert decoder_family("UNet2DConditionModel", json.loads((toy / "unet" / "config.json").read_text())).pooled_dim == 0
+    with pytest.raises(StrictDataclassClassValidationError, match="pooled_condition_hidden_size must be >= 0"):
+        DreamLLMConfig(pooled_condition_hidden_size=-1)
