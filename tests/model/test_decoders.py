@@ -233,3 +233,22 @@ def test_a_config_without_a_pooled_width_loads_as_before():
     assert decoder_family("UNet2DConditionModel", json.loads((toy / "unet" / "config.json").read_text())).pooled_dim == 0
     with pytest.raises(StrictDataclassClassValidationError, match="pooled_condition_hidden_size must be >= 0"):
         DreamLLMConfig(pooled_condition_hidden_size=-1)
+
+
+def test_lora_trains_the_pooled_projector_in_full(trained, tmp_path):
+    """Under LoRA the projectors train in full (PEFT's modules_to_save): the pooled one too, and the merged folder
+    holds it."""
+    if trained["family"] != "sd3":
+        pytest.skip("one family suffices: the pooled projector is the same module for SDXL")
+    from train.data.example_files import write_mmc4
+
+    output = tmp_path / "lora"
+    train_main(["--stage", "sft", "--model_name_or_path", str(trained["trained"]), "--output_dir", str(output),
+                "--data", str(write_mmc4(tmp_path / "mmc4")), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                "--bf16", "false", "--activation_checkpointing", "false", "--save_steps", "100", "--disable_tqdm",
+                "true", "--seed", "0", "--report_to", "none", "--lora_r", "4", "--learning_rate", "1e-2",
+                "--save_merged", "true"])
+    before, after = load_file(trained["trained"] / "model.safetensors"), load_file(output / "model.safetensors")
+    assert set(before) == set(after)
+    assert not torch.equal(before["model.pooled_projector.weight"], after["model.pooled_projector.weight"])
+    assert (output / "transformer" / "config.json").is_file() and not (output / "unet").exists()
