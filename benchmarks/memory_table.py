@@ -263,10 +263,11 @@ def table(
     activations = llm["layers"] * llm["checkpoint"] + llm["layer"] + llm["head"] + unet_activation_bytes(
         unet, config, micro_batch
     )
+    inference_bytes = 2 * (p.llm + p.clip + p.projectors + p.unet + p.vae)
     lines = [
         f"{label} parameters: LLM {p.llm / 1e9:.2f} B, {vision_name} {p.clip / 1e6:.0f} M, projectors and queries "
         f"{p.projectors / 1e6:.1f} M, {DECODERS[decoder][0]} denoiser {p.unet / 1e6:.0f} M, VAE {p.vae / 1e6:.0f} M; "
-        f"LoRA r={lora_rank} {p.lora / 1e6:.1f} M; inference weights bf16 {2 * (p.llm + p.clip + p.projectors + p.unet + p.vae) / GIB:.1f} GiB. "
+        f"LoRA r={lora_rank} {p.lora / 1e6:.1f} M; inference weights bf16 {inference_bytes / GIB:.1f} GiB. "
         f"Activations per GPU (micro-batch {micro_batch} x {seq} tokens, one {8 * unet.config.sample_size} px image): "
         f"{activations / GIB:.2f} GiB (LLM layer inputs {llm['layers'] * llm['checkpoint'] / GIB:.2f}, one layer "
         f"recomputed {llm['layer'] / GIB:.2f}, LM head + loss {llm['head'] / GIB:.2f}).",

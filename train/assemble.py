@@ -109,7 +109,8 @@ def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
 
 
 def decoder_subfolders(folder: str | Path) -> list[str]:
-    """The subfolders of a decoder folder DreamLLM keeps: its denoiser's (`unet` or `transformer`), `vae`, `scheduler`."""
+    """The subfolders of a decoder folder that DreamLLM keeps: the denoiser's (`unet` or `transformer`), `vae` and
+    `scheduler`."""
     return [denoiser_subfolder(folder), *DECODER_PARTS]
 
 

@@ -4,7 +4,7 @@ how the condition enters the denoiser and which objective trains it: DDPM noise 
 Stable Diffusion UNets (SD 1.x/2.x, SDXL), flow matching for SD3/SD3.5, with diffusers' own timestep-density and
 loss-weighting helpers and the folder's `FlowMatchEulerDiscreteScheduler` (its shift shapes the training sigmas).
 
-    loss_fn = DreamLLMDiffusionLoss.from_pretrained("path/to/dreamllm")   # reads unet/ or transformer/, vae/, scheduler/
+    loss_fn = DreamLLMDiffusionLoss.from_pretrained("path/to/dreamllm")   # unet/ or transformer/, vae/, scheduler/
     out = model(**batch)                                                   # out.condition_embeds: (N, Q, C)
     loss = loss_fn(out.condition_embeds, batch["target_pixel_values"],
                    null_condition=model.get_null_condition(), condition_drop_prob=0.1)
@@ -29,7 +29,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from decoders_dreamllm import StableDiffusionDecoder, decoder_family, denoiser_subfolder
+from decoders_dreamllm import StableDiffusionDecoder, decoder_family, denoiser_subfolder, folder_decoder_family
 
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Flow matching as diffusers' SD3 training script does it by default (train_dreambooth_lora_sd3.py): sigmas drawn from
@@ -123,7 +123,9 @@ class DreamLLMDiffusionLoss(nn.Module):
                 )
         unknown = set(flow_matching or {}) - set(FLOW_MATCHING_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown flow_matching settings {sorted(unknown)}: expected {sorted(FLOW_MATCHING_DEFAULTS)}")
+            raise ValueError(
+                f"unknown flow_matching settings {sorted(unknown)}: expected {sorted(FLOW_MATCHING_DEFAULTS)}"
+            )
         self.flow_matching_settings = {**FLOW_MATCHING_DEFAULTS, **(flow_matching or {})}
         if noise_samples_per_image < 1:
             raise ValueError(f"noise_samples_per_image must be >= 1, got {noise_samples_per_image}")
@@ -168,7 +170,8 @@ class DreamLLMDiffusionLoss(nn.Module):
         unet = DENOISER_CLASSES[subfolder].from_pretrained(folder, subfolder=subfolder,
                                                            torch_dtype=unet_dtype or torch.float32)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype)
-        scheduler_class = FlowMatchEulerDiscreteScheduler if subfolder == "transformer" else DDPMScheduler
+        flow_matching = folder_decoder_family(folder).flow_matching
+        scheduler_class = FlowMatchEulerDiscreteScheduler if flow_matching else DDPMScheduler
         scheduler = scheduler_class.from_config(scheduler_class.load_config(folder, subfolder="scheduler"))
         return cls(unet, vae, scheduler, **kwargs)
 
@@ -309,7 +312,8 @@ class DreamLLMDiffusionLoss(nn.Module):
                     pieces.append(self._per_image_loss(*args))
             per_image = torch.cat(pieces)
         if sigmas is not None:
-            per_image = per_image * compute_loss_weighting_for_sd3(self.flow_matching_settings["weighting_scheme"], sigmas)
+            scheme = self.flow_matching_settings["weighting_scheme"]
+            per_image = per_image * compute_loss_weighting_for_sd3(scheme, sigmas)
         if self.snr_gamma is not None:
             per_image = per_image * min_snr_weights(self.scheduler, timesteps, self.snr_gamma, self.prediction_type)
         return per_image.mean()

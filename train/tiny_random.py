@@ -1,5 +1,6 @@
 """Tiny random pretrained components in their native formats (an LLM with its tokenizer, a vision tower with its
-image processor, a diffusers decoder folder of each family: Stable Diffusion, SDXL, SD3), for tests and quick tries of `train.assemble --preset tiny-random`.
+image processor, a diffusers decoder folder of each family: Stable Diffusion, SDXL, SD3), for tests and quick tries
+of `train.assemble --preset tiny-random`.
 
 Each supported family is built from its own transformers classes and saved with `save_pretrained`, so the folders
 load exactly as the full-size checkpoints do:

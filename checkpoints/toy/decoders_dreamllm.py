@@ -3,11 +3,12 @@
 One adapter per family, picked from the decoder's own classes (the denoiser's class name and config), used by the
 pipeline (`DreamLLMPipeline.predict_noise`) and by the creation loss (`train/diffusion_loss.py`) alike:
 
-| family | denoiser (subfolder) | context | pooled vector | objective |
-| --- | --- | --- | --- | --- |
-| `stable-diffusion` (SD 1.x / 2.x) | `UNet2DConditionModel` (`unet/`) | `cross_attention_dim` | none | DDPM, epsilon or v |
-| `stable-diffusion-xl` | `UNet2DConditionModel`, `addition_embed_type="text_time"` | `cross_attention_dim` | `text_embeds` + `time_ids` | DDPM, epsilon or v |
-| `stable-diffusion-3` (SD3 / SD3.5) | `SD3Transformer2DModel` (`transformer/`) | `joint_attention_dim` | `pooled_projections` | flow matching |
+- `stable-diffusion` (SD 1.x / 2.x): `UNet2DConditionModel` in `unet/`; context `cross_attention_dim`; no pooled
+  vector; DDPM (epsilon or v).
+- `stable-diffusion-xl`: `UNet2DConditionModel` with `addition_embed_type="text_time"`; context
+  `cross_attention_dim`; pooled `text_embeds` and `time_ids`; DDPM (epsilon or v).
+- `stable-diffusion-3` (SD3 / SD3.5): `SD3Transformer2DModel` in `transformer/`; context `joint_attention_dim`;
+  `pooled_projections`; flow matching.
 
 A condition is one tensor `(N, Q, context_dim + pooled_dim)`: the model's condition projector writes the first
 `context_dim` channels of each dream query, its pooled projector the last `pooled_dim`. The pooled vector is the mean

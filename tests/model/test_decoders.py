@@ -230,7 +230,8 @@ def test_a_config_without_a_pooled_width_loads_as_before():
     assert "pooled_condition_hidden_size" not in saved
     config = DreamLLMConfig.from_pretrained(toy)
     assert config.pooled_condition_hidden_size == 0
-    assert decoder_family("UNet2DConditionModel", json.loads((toy / "unet" / "config.json").read_text())).pooled_dim == 0
+    unet_config = json.loads((toy / "unet" / "config.json").read_text())
+    assert decoder_family("UNet2DConditionModel", unet_config).pooled_dim == 0
     with pytest.raises(StrictDataclassClassValidationError, match="pooled_condition_hidden_size must be >= 0"):
         DreamLLMConfig(pooled_condition_hidden_size=-1)
 
