@@ -40,7 +40,7 @@ VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 @strict
 class DreamLLMConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`DreamLLMForCausalLM`]: a causal language model that reads interleaved documents (input images
+    Configuration of a [`DreamLLMForConditionalGeneration`]: a causal language model that reads interleaved documents (input images
     enter through a CLIP vision tower and a linear projector) and creates images (the hidden states of
     `num_dream_queries` learnable queries, through a linear condition projector, condition a diffusion decoder).
 
@@ -54,7 +54,12 @@ class DreamLLMConfig(PreTrainedConfig):
             list concatenates those layers on the channel axis (the visual projector's input grows accordingly).
         vision_feature_select_strategy (`str`, defaults to `"default"`): `"default"` drops the tower's CLS token
             (CLIP), `"full"` keeps every token (required for towers without CLS, such as SigLIP).
-        condition_hidden_size (`int`, defaults to 1024): cross-attention width of the diffusion decoder.
+        condition_hidden_size (`int`, defaults to 1024): context width of the diffusion decoder (the UNet's
+            `cross_attention_dim`, the SD3 transformer's `joint_attention_dim`).
+        pooled_condition_hidden_size (`int`, defaults to 0): width of the decoder's pooled input (SDXL's
+            `text_embeds`, SD3's `pooled_projections`), made by a second projector from the dream-query states; 0 for
+            decoders without one (SD 1.x/2.x). A condition has `condition_hidden_size + pooled_condition_hidden_size`
+            channels (`decoders_dreamllm.py`).
         image_token_id, image_patch_token_id, image_start_token_id, image_end_token_id, dream_token_id,
         dream_start_token_id, dream_end_token_id (`int`): ids of `<image>`, `<im_patch>`, `<im_start>`, `<im_end>`,
             `<dream>`, `<dream_start>`, `<dream_end>`. `<im_patch>` fills the slots of both block kinds.
@@ -111,6 +116,7 @@ class DreamLLMConfig(PreTrainedConfig):
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     condition_hidden_size: int = 1024
+    pooled_condition_hidden_size: int = 0
     image_token_id: int = RELEASED_TOKEN_IDS["image_token_id"]
     image_patch_token_id: int = RELEASED_TOKEN_IDS["image_patch_token_id"]
     image_start_token_id: int = RELEASED_TOKEN_IDS["image_start_token_id"]
@@ -165,6 +171,8 @@ class DreamLLMConfig(PreTrainedConfig):
             raise ValueError(f"num_dream_queries must be >= 1, got {self.num_dream_queries}")
         if self.condition_hidden_size < 1:
             raise ValueError(f"condition_hidden_size must be >= 1, got {self.condition_hidden_size}")
+        if self.pooled_condition_hidden_size < 0:
+            raise ValueError(f"pooled_condition_hidden_size must be >= 0, got {self.pooled_condition_hidden_size}")
         num_layers = vision.num_hidden_layers
         if not self.vision_feature_layers:
             raise ValueError("vision_feature_layer is an empty list: name at least one vision layer")

@@ -4,7 +4,9 @@ dream-query conditions; `generate_interleaved` lets the LLM write documents of t
 
 One folder is both a transformers remote-code model (its root) and this pipeline: `model_index.json` names the
 `llm` and `processor` classes, whose files diffusers' loader finds at the root (no `llm/` subfolder), and the
-decoder's `unet/`, `vae/` and `scheduler/` subfolders. Every component is optional, as diffusers means it.
+decoder's subfolders: `unet/` (Stable Diffusion 1.x/2.x, SDXL) or `transformer/` (SD3/SD3.5), `vae/` and
+`scheduler/`; how each decoder family is conditioned is `decoders_dreamllm.py`. Every component is optional, as
+diffusers means it.
 """
 
 import importlib
@@ -22,7 +24,14 @@ import diffusers
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    SchedulerMixin,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.guiders.guider_utils import rescale_noise_cfg  # the function of the SD pipeline module, same body
 from diffusers.image_processor import VaeImageProcessor
@@ -34,6 +43,7 @@ try:  # loaded from a DreamLLM folder by diffusers: the model code sits beside t
     # diffusers copies (or downloads) exactly the files this module imports relatively, one level deep, so the
     # configuration module is listed too although only the modeling module uses it.
     from .configuration_dreamllm import DreamLLMConfig  # noqa: F401
+    from .decoders_dreamllm import FLOW_MATCHING_SCHEDULERS, decoder_family
     from .interleaved_dreamllm import (
         DreamLLMInterleavedOutput,
         DreamLLMStreamer,
@@ -52,6 +62,8 @@ except ImportError:  # imported as a top-level module (tests, scripts, train.ass
     # importlib rather than `from ... import`, which diffusers' import scan would report as missing packages
     DreamLLMForCausalLM = importlib.import_module("modeling_dreamllm").DreamLLMForCausalLM
     DreamLLMProcessor = importlib.import_module("processing_dreamllm").DreamLLMProcessor
+    _decoders = importlib.import_module("decoders_dreamllm")
+    FLOW_MATCHING_SCHEDULERS, decoder_family = _decoders.FLOW_MATCHING_SCHEDULERS, _decoders.decoder_family
     _interleaved = importlib.import_module("interleaved_dreamllm")
     DreamLLMInterleavedOutput, DreamLLMStreamer = _interleaved.DreamLLMInterleavedOutput, _interleaved.DreamLLMStreamer
     interleaved_logits_processor = _interleaved.interleaved_logits_processor
@@ -62,7 +74,7 @@ DEFAULT_SAMPLER = "DPMSolverMultistepScheduler"
 DEFAULT_NUM_INFERENCE_STEPS = 25
 DEFAULT_GUIDANCE_SCALE = 7.5
 # Files that travel with the pipeline into every folder it saves (diffusers copies the relative imports too).
-PIPELINE_FILES = ("pipeline_dreamllm.py", "interleaved_dreamllm.py")
+PIPELINE_FILES = ("pipeline_dreamllm.py", "interleaved_dreamllm.py", "decoders_dreamllm.py")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # The llm and processor are at the folder root (transformers' files); every other component is in the subfolder of
 # its name, as diffusers lays pipelines out.
@@ -92,8 +104,9 @@ def write_pipeline_index(folder: str | Path, scheduler_class: str = DEFAULT_SAMP
     beside it. Also upgrades a folder written by an older version (whose index lists the llm as `[null, null]`).
 
     The llm and processor are entered when the folder root holds them (`config.json`, `processor_config.json`);
-    `unet`/`vae` when their subfolders exist; `scheduler` names the class to *sample* with, built from
-    `scheduler/scheduler_config.json`, which keeps the noise schedule the decoder was trained with.
+    `unet`/`transformer`/`vae` when their subfolders exist; `scheduler` names the class to *sample* with, built from
+    `scheduler/scheduler_config.json`, which keeps the noise schedule the decoder was trained with (a flow-matching
+    decoder keeps its own flow-matching sampler).
 
     Example:
 
@@ -113,7 +126,9 @@ def write_pipeline_index(folder: str | Path, scheduler_class: str = DEFAULT_SAMP
     # the scheduler by the class to sample with.
     for name in sorted(set(DreamLLMPipeline._get_signature_keys(DreamLLMPipeline)[0]) - set(index)):
         config = next((folder / name).glob("*config.json"), None)
-        class_name = scheduler_class if name == "scheduler" else config and json.loads(config.read_text())["_class_name"]
+        class_name = config and json.loads(config.read_text())["_class_name"]
+        if name == "scheduler" and class_name not in FLOW_MATCHING_SCHEDULERS:
+            class_name = scheduler_class
         index[name] = ["diffusers", class_name] if config is not None else [None, None]
     index_file = folder / "model_index.json"
     index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -257,13 +272,15 @@ class DreamLLMPipeline(DiffusionPipeline):
     r"""
     DreamLLM text(+image)-to-image and interleaved generation. The LLM reads the prompt followed by a creation block
     `<dream_start> <im_patch>*Q <dream_end>` (filled with its Q learnable dream queries); its last-layer states
-    there, through the condition projector, are the `encoder_hidden_states` of a frozen Stable Diffusion UNet.
+    there, through the condition projector(s), condition a frozen diffusion decoder: the `encoder_hidden_states` of a
+    Stable Diffusion UNet (and SDXL's pooled `text_embeds`), or the joint-attention context and pooled projections
+    of an SD3 transformer (`decoders_dreamllm.py`).
 
     Components (each optional: a call needs only the ones its work uses):
         llm ([`DreamLLMForCausalLM`]), processor ([`DreamLLMProcessor`]): the transformers model at the folder root;
             they turn prompts into conditions (`encode_prompt`) and write interleaved documents.
-        unet ([`UNet2DConditionModel`]), vae ([`AutoencoderKL`]), scheduler ([`SchedulerMixin`]): the decoder, which
-            turns conditions (`prompt_embeds`) into images.
+        unet ([`UNet2DConditionModel`]) or transformer ([`SD3Transformer2DModel`]), vae ([`AutoencoderKL`]),
+            scheduler ([`SchedulerMixin`]): the decoder, which turns conditions (`prompt_embeds`) into images.
 
     Sampling defaults: a loaded folder samples with `DPMSolverMultistepScheduler` (DPM-Solver++ 2M) built from the
     folder's scheduler config, which keeps the training noise schedule; 25 steps, guidance 7.5 (the official
@@ -295,8 +312,8 @@ class DreamLLMPipeline(DiffusionPipeline):
     branches run in one UNet call per step.
     """
 
-    model_cpu_offload_seq = "llm->unet->vae"
-    _optional_components = ["llm", "processor", "unet", "vae", "scheduler"]
+    model_cpu_offload_seq = "llm->unet->transformer->vae"
+    _optional_components = ["llm", "processor", "unet", "vae", "scheduler", "transformer"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -306,20 +323,35 @@ class DreamLLMPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel | None,
         vae: AutoencoderKL | None,
         scheduler: SchedulerMixin | None,
-    ):  # no defaults: diffusers' loader takes the parameters without one as the pipeline's components
+        transformer: SD3Transformer2DModel | None = None,
+    ):  # diffusers' loader takes the parameters without a default, and the optional components, as components
         super().__init__()
-        self.register_modules(llm=llm, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
+        self.register_modules(llm=llm, processor=processor, unet=unet, vae=vae, scheduler=scheduler,
+                              transformer=transformer)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._null_condition_cache: tuple[tuple, torch.Tensor] | None = None
 
+    @property
+    def denoiser(self) -> torch.nn.Module | None:
+        """The decoder's denoiser: the `unet` (Stable Diffusion 1.x/2.x, SDXL) or the `transformer` (SD3)."""
+        return self.unet if getattr(self, "unet", None) is not None else getattr(self, "transformer", None)
+
+    @property
+    def decoder(self):
+        """The adapter of the denoiser's family (`decoders_dreamllm.decoder_family`), read from its class and config."""
+        return decoder_family(type(self.denoiser).__name__, self.denoiser.config)
+
     def _require(self, work: str, *names: str):
-        """A clear error when `work` needs components this pipeline was built without."""
+        """A clear error when `work` needs components this pipeline was built without (`denoiser`: the unet or the
+        transformer)."""
         missing = [name for name in names if getattr(self, name, None) is None]
+        note = " (the denoiser: `transformer` for SD3 folders)" if "denoiser" in missing else ""
+        missing = ["unet" if name == "denoiser" else name for name in missing]
         if missing:
             raise ValueError(
-                f"{work} needs the pipeline's {', '.join(missing)}, which this pipeline has as None; load it with "
-                f"them (or pass them: `DreamLLMPipeline.from_pretrained(folder, {missing[0]}=...)`)"
+                f"{work} needs the pipeline's {', '.join(missing)}{note}, which this pipeline has as None; load it "
+                f"with them (or pass them: `DreamLLMPipeline.from_pretrained(folder, {missing[0]}=...)`)"
             )
 
     # ------------------------------------------------------------------------------------------- loading / saving
@@ -603,8 +635,8 @@ class DreamLLMPipeline(DiffusionPipeline):
                 )
             negative_prompt_embeds = self.null_condition().expand(batch_size, -1, -1)
 
-        # The conditions are the UNet's input: its dtype where it is here, the llm's where it is not (phase 1).
-        dtype = self.unet.dtype if self.unet is not None else prompt_embeds.dtype
+        # The conditions are the denoiser's input: its dtype where it is here, the llm's where it is not (phase 1).
+        dtype = self.denoiser.dtype if self.denoiser is not None else prompt_embeds.dtype
         prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
@@ -613,8 +645,8 @@ class DreamLLMPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------- denoising
     def default_size(self) -> tuple[int, int]:
-        """The UNet's sample size times the VAE factor: the size the decoder was trained at."""
-        sample_size = self.unet.config.sample_size
+        """The denoiser's sample size times the VAE factor: the size the decoder was trained at."""
+        sample_size = self.denoiser.config.sample_size
         sample_height, sample_width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         return sample_height * self.vae_scale_factor, sample_width * self.vae_scale_factor
 
@@ -626,6 +658,10 @@ class DreamLLMPipeline(DiffusionPipeline):
             _check_positive_int(value, name, upper=max_side)
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
             raise ValueError(f"height and width must be divisible by {self.vae_scale_factor}, got {height}x{width}")
+        multiple = self.vae_scale_factor * (self.denoiser.config.get("patch_size") or 1)  # SD3 patchifies latents
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be divisible by {multiple} for this {self.decoder.name} decoder "
+                             f"(VAE factor x patch size), got {height}x{width}")
         if timesteps is None and sigmas is None:
             _check_positive_int(num_inference_steps, "num_inference_steps",
                                 upper=self.scheduler.config.num_train_timesteps)
@@ -660,7 +696,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             raise ValueError("pass at most one of `negative_prompt` or `negative_prompt_embeds`")
         if negative_prompt is not None:
             _prompt_batch(negative_prompt, "negative_prompt")
-        condition_size = self.unet.config.cross_attention_dim
+        condition_size = self.decoder.condition_width  # the context, then the pooled part (decoders_dreamllm.py)
         for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
             if embeds is not None and (
                 not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[-1] != condition_size
@@ -692,7 +728,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             )
         else:
             latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow matching starts from plain noise
 
     # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
     def prepare_extra_step_kwargs(self, generator, eta):
@@ -714,16 +750,11 @@ class DreamLLMPipeline(DiffusionPipeline):
 
     def predict_noise(self, latent_model_input: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor
                       ) -> torch.Tensor:
-        """The one call of the denoiser: the UNet on `latent_model_input` at step `t`, conditioned by the dream-query
-        `conditions` as its cross-attention states. Another decoder family (added conditions, a transformer) is
-        another body for this method."""
-        return self.unet(
-            latent_model_input,
-            t,
-            encoder_hidden_states=conditions,
-            cross_attention_kwargs=self.cross_attention_kwargs,
-            return_dict=False,
-        )[0]
+        """The one call of the denoiser: on `latent_model_input` at step `t`, conditioned by the dream-query
+        `conditions` the way its family takes them (`decoders_dreamllm.py`, shared with the training loss)."""
+        image_size = tuple(side * self.vae_scale_factor for side in latent_model_input.shape[-2:])
+        return self.decoder.predict(self.denoiser, latent_model_input, t, conditions,
+                                    attention_kwargs=self.cross_attention_kwargs, image_size=image_size)
 
     @torch.no_grad()
     def __call__(
@@ -780,7 +811,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        self._require("Creating images", "unet", "scheduler", *(("vae",) if output_type != "latent" else ()))
+        self._require("Creating images", "denoiser", "scheduler", *(("vae",) if output_type != "latent" else ()))
 
         # 0. Default height and width to unet
         default_height, default_width = self.default_size()
@@ -832,7 +863,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
 
         # 5. Prepare latent variables
-        num_channels_latents = self.unet.config.in_channels
+        num_channels_latents = self.denoiser.config.in_channels
         latents = self.prepare_latents(
             prompt_embeds.shape[0] // (2 if self.do_classifier_free_guidance else 1),
             num_channels_latents,
@@ -857,7 +888,8 @@ class DreamLLMPipeline(DiffusionPipeline):
 
                 # expand the latents if we are doing classifier free guidance
                 latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                if hasattr(self.scheduler, "scale_model_input"):  # flow-matching samplers take the latents as they are
+                    latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
 
                 # predict the noise residual
                 noise_pred = self.predict_noise(latent_model_input, t, prompt_embeds)
@@ -892,7 +924,11 @@ class DreamLLMPipeline(DiffusionPipeline):
 
         # 8. Decode
         if output_type != "latent":
-            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            latents = latents / self.vae.config.scaling_factor
+            shift_factor = getattr(self.vae.config, "shift_factor", None)
+            if shift_factor is not None:  # SD3's VAE: latents were (z - shift) * scale
+                latents = latents + shift_factor
+            image = self.vae.decode(latents, return_dict=False, generator=generator)[0]
             image = self.image_processor.postprocess(image, output_type=output_type)
         else:
             image = latents
@@ -991,7 +1027,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             raise TypeError(f"`streamer` must have `put` and `end` methods (a transformers streamer), got "
                             f"{type(streamer).__name__}")
         try:
-            self._require("Interleaved generation", "llm", "processor", "unet", "vae", "scheduler")
+            self._require("Interleaved generation", "llm", "processor", "denoiser", "vae", "scheduler")
             default_height, default_width = self.default_size()
             height = default_height if height is None else height
             width = default_width if width is None else width

@@ -7,6 +7,8 @@ modules; activations are the bytes autograd saves for backward in a meta forward
     python benchmarks/memory_table.py                 # markdown table (docs/scaling.md)
     python benchmarks/memory_table.py --seq 1024 --micro_batch 2
     python benchmarks/memory_table.py --backbone qwen2.5-7b-siglip   # Qwen2.5-7B-Instruct + SigLIP (docs/backbones.md)
+    python benchmarks/memory_table.py --backbone qwen2.5-7b-siglip-sd3.5m   # ... + SD3.5-medium (docs/backbones.md)
+    python benchmarks/memory_table.py --backbone vicuna-7b-clip-sdxl        # Vicuna-7B + CLIP + SDXL-base
 
 Bytes per parameter (bf16 mixed precision, AdamW, as `python -m train --bf16 true` runs):
 - trained: fp32 weight 4 + fp32 gradient 4 + AdamW moments 8 = 16 B (sharded /N under FSDP2 and ZeRO-3);
@@ -28,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_dreamllm import SPECIAL_TOKENS, DreamLLMConfig  # noqa: E402
+from decoders_dreamllm import decoder_family  # noqa: E402
 from modeling_dreamllm import DreamLLMForConditionalGeneration  # noqa: E402
 from train.convert.configs import SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG  # noqa: E402
 from train.stages import LANGUAGE_MODEL_TARGETS, PROJECTORS_AND_QUERIES, new_token_ids  # noqa: E402
@@ -47,7 +50,7 @@ class Parts:
 
     llm: int  # language model + lm_head
     clip: int
-    projectors: int  # visual projector, dream queries, condition projector
+    projectors: int  # visual projector, dream queries, condition projector (and pooled projector)
     unet: int
     vae: int
     lora: int  # LoRA adapters (rank r) on the LLM's projections + the new tokens' embedding / lm_head rows
@@ -69,10 +72,52 @@ def qwen25_7b_siglip_config() -> DreamLLMConfig:
     return DreamLLMConfig(text_config=text, vision_config=vision, vision_feature_select_strategy="full", **ids)
 
 
-# --backbone: (label, vision tower name, configuration)
+# The other decoders' shapes, from their Hub configs (stabilityai/stable-diffusion-xl-base-1.0 unet/,
+# stabilityai/stable-diffusion-3.5-medium transformer/ and vae/); SDXL's VAE has SD-2.1's shapes.
+SDXL_BASE_UNET_CONFIG = dict(
+    sample_size=128, layers_per_block=2, block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+SD35_MEDIUM_TRANSFORMER_CONFIG = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+SD3_VAE_CONFIG = dict(
+    SD21_BASE_VAE_CONFIG, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+# decoder: (label, denoiser class, denoiser config, VAE config)
+DECODERS = {
+    "sd2.1-base": ("SD-2.1-base", UNet2DConditionModel, SD21_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG),
+    "sdxl-base": ("SDXL-base", UNet2DConditionModel, SDXL_BASE_UNET_CONFIG, SD21_BASE_VAE_CONFIG),
+    "sd3.5-medium": ("SD3.5-medium", SD3Transformer2DModel, SD35_MEDIUM_TRANSFORMER_CONFIG, SD3_VAE_CONFIG),
+}
+
+
+def with_decoder(make_config, decoder: str):
+    """`make_config` with the condition widths `train.assemble` reads from `decoder`'s denoiser config."""
+    def make() -> DreamLLMConfig:
+        _, denoiser_class, denoiser_config, _ = DECODERS[decoder]
+        family = decoder_family(denoiser_class.__name__, denoiser_config)
+        config = make_config()
+        config.condition_hidden_size, config.pooled_condition_hidden_size = family.context_dim, family.pooled_dim
+        return config
+
+    return make
+
+
+# --backbone: (label, vision tower name, configuration, decoder)
 BACKBONES = {
-    "vicuna-7b-clip": ("DreamLLM-7B", "CLIP", DreamLLMConfig),
-    "qwen2.5-7b-siglip": ("Qwen2.5-7B + SigLIP-so400m", "SigLIP", qwen25_7b_siglip_config),
+    "vicuna-7b-clip": ("DreamLLM-7B", "CLIP", DreamLLMConfig, "sd2.1-base"),
+    "qwen2.5-7b-siglip": ("Qwen2.5-7B + SigLIP-so400m", "SigLIP", qwen25_7b_siglip_config, "sd2.1-base"),
+    "vicuna-7b-clip-sdxl": ("Vicuna-7B + CLIP + SDXL-base", "CLIP", with_decoder(DreamLLMConfig, "sdxl-base"),
+                            "sdxl-base"),
+    "qwen2.5-7b-siglip-sd3.5m": ("Qwen2.5-7B + SigLIP-so400m + SD3.5-medium", "SigLIP",
+                                 with_decoder(qwen25_7b_siglip_config, "sd3.5-medium"), "sd3.5-medium"),
 }
 
 
@@ -80,11 +125,12 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_meta(config: DreamLLMConfig):
+def build_meta(config: DreamLLMConfig, decoder: str = "sd2.1-base"):
+    _, denoiser_class, denoiser_config, vae_config = DECODERS[decoder]
     with torch.device("meta"):
         model = DreamLLMForConditionalGeneration(config)
-        unet = UNet2DConditionModel.from_config(SD21_BASE_UNET_CONFIG)
-        vae = AutoencoderKL.from_config(SD21_BASE_VAE_CONFIG)
+        unet = denoiser_class.from_config(denoiser_config)
+        vae = AutoencoderKL.from_config(vae_config)
     return model, unet, vae
 
 
@@ -105,7 +151,8 @@ def parts(model, unet, vae, lora_rank: int) -> Parts:
     return Parts(
         llm=count(base.language_model) + count(model.lm_head),
         clip=count(base.vision_tower),
-        projectors=sum(count(getattr(base, name)) for name in PROJECTORS_AND_QUERIES),
+        projectors=sum(count(getattr(base, name)) for name in (*PROJECTORS_AND_QUERIES, "pooled_projector")
+                       if hasattr(base, name)),
         unet=count(unet),
         vae=count(vae),
         lora=lora_parameters(model, lora_rank),
@@ -155,21 +202,24 @@ def llm_activation_bytes(model: DreamLLMForConditionalGeneration, micro_batch: i
     }
 
 
-def unet_activation_bytes(unet: UNet2DConditionModel, config: DreamLLMConfig, micro_batch: int) -> int:
-    """Saved bytes of the bf16 UNet's forward at 512 px with gradient checkpointing (the gradient reaches the
-    condition, so its activations are kept)."""
+def unet_activation_bytes(unet: torch.nn.Module, config: DreamLLMConfig, micro_batch: int) -> int:
+    """Saved bytes of the bf16 denoiser's forward at its native size (SD-2.1-base 512 px, SDXL and SD3.5 1024 px)
+    with gradient checkpointing (the gradient reaches the condition, so its activations are kept), called by its
+    family's adapter as training calls it."""
     unet = unet.to(torch.bfloat16)
     unet.enable_gradient_checkpointing()
     unet.train()
     size = unet.config.sample_size
     with torch.device("meta"):
         latents = torch.empty(micro_batch, unet.config.in_channels, size, size, dtype=torch.bfloat16)
-        condition = torch.empty(micro_batch, config.num_dream_queries, config.condition_hidden_size,
-                                dtype=torch.bfloat16, requires_grad=True)
+        width = config.condition_hidden_size + config.pooled_condition_hidden_size
+        condition = torch.empty(micro_batch, config.num_dream_queries, width, dtype=torch.bfloat16,
+                                requires_grad=True)
         timesteps = torch.zeros(micro_batch, dtype=torch.long)
+    family = decoder_family(type(unet).__name__, unet.config)
     saved = SavedBytes()
     with saved:
-        unet(latents, timesteps, encoder_hidden_states=condition)
+        family.predict(unet, latents, timesteps, condition, image_size=(8 * size, 8 * size))
     return saved.total
 
 
@@ -204,19 +254,21 @@ def per_gpu_gib(p: Parts, trained: int, activations: int, strategy: str, gpus: i
 def table(
     micro_batch: int = 1, seq: int = 2048, lora_rank: int = 16, gpu_counts=(8, 32), backbone: str = "vicuna-7b-clip"
 ) -> str:
-    label, vision_name, make_config = BACKBONES[backbone]
+    label, vision_name, make_config, decoder = BACKBONES[backbone]
     config = make_config()
     config.text_config._attn_implementation = "sdpa"  # no sequence-squared attention weights kept, as on GPUs
-    model, unet, vae = build_meta(config)
+    model, unet, vae = build_meta(config, decoder)
     p = parts(model, unet, vae, lora_rank)
     llm = llm_activation_bytes(model, micro_batch, seq)
     activations = llm["layers"] * llm["checkpoint"] + llm["layer"] + llm["head"] + unet_activation_bytes(
         unet, config, micro_batch
     )
+    inference_bytes = 2 * (p.llm + p.clip + p.projectors + p.unet + p.vae)
     lines = [
         f"{label} parameters: LLM {p.llm / 1e9:.2f} B, {vision_name} {p.clip / 1e6:.0f} M, projectors and queries "
-        f"{p.projectors / 1e6:.1f} M, UNet {p.unet / 1e6:.0f} M, VAE {p.vae / 1e6:.0f} M; LoRA r={lora_rank} "
-        f"{p.lora / 1e6:.1f} M. Activations per GPU (micro-batch {micro_batch} x {seq} tokens, one 512 px image): "
+        f"{p.projectors / 1e6:.1f} M, {DECODERS[decoder][0]} denoiser {p.unet / 1e6:.0f} M, VAE {p.vae / 1e6:.0f} M; "
+        f"LoRA r={lora_rank} {p.lora / 1e6:.1f} M; inference weights bf16 {inference_bytes / GIB:.1f} GiB. "
+        f"Activations per GPU (micro-batch {micro_batch} x {seq} tokens, one {8 * unet.config.sample_size} px image): "
         f"{activations / GIB:.2f} GiB (LLM layer inputs {llm['layers'] * llm['checkpoint'] / GIB:.2f}, one layer "
         f"recomputed {llm['layer'] / GIB:.2f}, LM head + loss {llm['head'] / GIB:.2f}).",
         "",

@@ -4,8 +4,10 @@
         --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-7b-init
     python -m train.assemble --llm Qwen/Qwen2.5-7B-Instruct --vision google/siglip-so400m-patch14-384 \
         --diffusion stabilityai/stable-diffusion-2-1-base --output dreamllm-qwen2.5-siglip-init
+    python -m train.assemble --llm Qwen/Qwen2.5-7B-Instruct --vision google/siglip-so400m-patch14-384 \
+        --diffusion stabilityai/stable-diffusion-3.5-medium --output dreamllm-qwen2.5-siglip-sd3.5-init
     python -m train.assemble --preset tiny-random --output /tmp/dreamllm-tiny
-    python -m train.assemble --preset tiny-random --llm qwen2 --vision siglip --output /tmp/dreamllm-tiny-qwen2
+    python -m train.assemble --preset tiny-random --llm qwen2 --vision siglip --decoder sd3 --output /tmp/tiny-sd3
     python -m train.assemble ... --projector-init pytorch   # the official release's projector initialisation
 
 The LLM is any transformers causal LM with its tokenizer (LLaMA/Vicuna, Qwen2/2.5/3, Mistral, ...): its chat template
@@ -13,8 +15,13 @@ is kept when it has one (the release's Vicuna template otherwise), a tokenizer w
 stay tied. The vision tower is CLIP or SigLIP (a `*VisionModel` folder or a full dual-encoder one); the feature
 layer and token selection follow transformers' LLaVA (`--vision-feature-layer`, `--vision-feature-select-strategy`).
 
+The decoder is a diffusers folder in its native layout: Stable Diffusion 1.x/2.x or SDXL (`unet/`), SD3/SD3.5
+(`transformer/`), with `vae/` and `scheduler/`; its text encoders are not read (DreamLLM's conditions replace them).
+The condition projector's width, and the pooled projector's for SDXL/SD3, are read from the denoiser's config
+(`decoders_dreamllm.py`).
+
 The folder is the one layout every part of the project reads and writes: its root is the transformers remote-code
-model and processor; `unet/`, `vae/` and `scheduler/` hold the frozen diffusion decoder.
+model and processor; `unet/` or `transformer/`, `vae/` and `scheduler/` hold the frozen diffusion decoder.
 """
 
 import argparse
@@ -43,6 +50,7 @@ from configuration_dreamllm import (
     VISION_TOWER_CLS_TOKENS,
     DreamLLMConfig,
 )
+from decoders_dreamllm import DECODER_PARTS, DENOISER_SUBFOLDERS, denoiser_subfolder, folder_decoder_family
 from modeling_dreamllm import DreamLLMForConditionalGeneration, DreamLLMModel
 from processing_dreamllm import CHAT_TEMPLATE, DreamLLMProcessor
 from dreamllm_common.folders import staged_folder
@@ -50,6 +58,7 @@ from dreamllm_common.folders import staged_folder
 # Added in SPECIAL_TOKENS' order, the official release's (ids then follow the tokenizer; they are read back, never
 # assumed).
 ADDED_TOKENS = list(SPECIAL_TOKENS.values())
+# The Stable Diffusion 1.x/2.x layout (the official release's); `decoder_subfolders` gives any folder's own.
 DECODER_SUBFOLDERS = ("unet", "vae", "scheduler")
 AUTO_MAP = {
     "AutoConfig": "configuration_dreamllm.DreamLLMConfig",
@@ -99,15 +108,19 @@ def diffusion_image_processor(resolution: int) -> CLIPImageProcessorPil:
     )
 
 
-def decoder_geometry(diffusion_path: Path) -> tuple[int, int]:
-    """(cross-attention width, image resolution) of a Stable Diffusion folder, read from its configs."""
-    unet = json.loads((diffusion_path / "unet" / "config.json").read_text())
+def decoder_subfolders(folder: str | Path) -> list[str]:
+    """The subfolders of a decoder folder that DreamLLM keeps: the denoiser's (`unet` or `transformer`), `vae` and
+    `scheduler`."""
+    return [denoiser_subfolder(folder), *DECODER_PARTS]
+
+
+def decoder_geometry(diffusion_path: Path) -> tuple[int, int, int]:
+    """(context width, pooled width, image resolution) of a diffusers decoder folder, read from its configs by the
+    denoiser family's adapter (pooled width 0 for Stable Diffusion 1.x/2.x)."""
+    family = folder_decoder_family(diffusion_path)
     vae = json.loads((diffusion_path / "vae" / "config.json").read_text())
-    cross_attention_dim = unet["cross_attention_dim"]
-    if not isinstance(cross_attention_dim, int):
-        raise ValueError(f"unsupported UNet cross_attention_dim {cross_attention_dim!r}: expected one integer")
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    return cross_attention_dim, unet["sample_size"] * vae_scale_factor
+    return family.context_dim, family.pooled_dim, family.config["sample_size"] * vae_scale_factor
 
 
 # How the two linear projectors start: "normal" is N(0, initializer_range) with zero bias, the transformers
@@ -124,7 +137,8 @@ def _init_new_modules(
     if projector_init not in PROJECTOR_INITS:
         raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got {projector_init!r}")
     base: DreamLLMModel = model.model
-    for module in (base.vision_projector, base.dream_queries, base.condition_projector):
+    for module in (base.vision_projector, base.dream_queries, base.condition_projector,
+                   *([base.pooled_projector] if hasattr(base, "pooled_projector") else [])):
         module.to_empty(device="cpu")
         if projector_init == "pytorch" and isinstance(module, nn.Linear):
             module.to(torch.float32).reset_parameters()  # initialised in fp32, then cast
@@ -160,9 +174,7 @@ def assemble(
     ```
     """
     diffusion, output = Path(diffusion), Path(output)
-    missing = [name for name in DECODER_SUBFOLDERS if not (diffusion / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{diffusion} is not a Stable Diffusion folder: missing {missing}")
+    subfolders = decoder_subfolders(diffusion)  # an error naming what is missing
     if output.exists():
         raise FileExistsError(f"{output} exists; choose a new output folder")
 
@@ -180,7 +192,7 @@ def assemble(
         language_model.resize_token_embeddings(len(tokenizer))
     vision_tower = load_vision_tower(vision, dtype=language_model.dtype)
     image_processor = AutoImageProcessor.from_pretrained(vision)
-    condition_hidden_size, resolution = decoder_geometry(diffusion)
+    condition_hidden_size, pooled_condition_hidden_size, resolution = decoder_geometry(diffusion)
     if vision_feature_select_strategy is None:
         has_cls = VISION_TOWER_CLS_TOKENS[vision_tower.config.model_type] > 0
         vision_feature_select_strategy = "default" if has_cls else "full"
@@ -199,6 +211,7 @@ def assemble(
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         condition_hidden_size=condition_hidden_size,
+        pooled_condition_hidden_size=pooled_condition_hidden_size,
         condition_drop_prob=condition_drop_prob,
         **{name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()},
     )
@@ -229,7 +242,7 @@ def assemble(
     with staged_folder(output) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        for name in DECODER_SUBFOLDERS:
+        for name in subfolders:
             shutil.copytree(diffusion / name, staging / name)
         write_pipeline_files(staging)
     return output
@@ -256,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
                         "llama, qwen2, qwen3 or mistral")
     parser.add_argument("--vision", help="CLIP or SigLIP folder or Hub id (vision model + image processor); with "
                         "--preset, a family: clip or siglip")
-    parser.add_argument("--diffusion", help="Stable Diffusion folder or Hub id (unet/, vae/, scheduler/)")
+    parser.add_argument("--diffusion", help="diffusers decoder folder or Hub id: Stable Diffusion 1.x/2.x or SDXL "
+                        "(unet/), SD3/SD3.5 (transformer/), with vae/ and scheduler/")
+    parser.add_argument("--decoder", help="with --preset: the decoder family built, sd (default), sdxl or sd3")
     parser.add_argument("--output", required=True)
     parser.add_argument("--preset", choices=["tiny-random"], help="build tiny random components instead")
     parser.add_argument("--num-dream-queries", type=int, default=None, help="64 by default (8 for tiny-random)")
@@ -274,11 +289,13 @@ def main(argv: list[str] | None = None) -> None:
         vision_feature_layer=args.vision_feature_layer, vision_feature_select_strategy=args.vision_feature_select_strategy
     )
     if args.preset == "tiny-random":
-        from train.tiny_random import LLM_FAMILIES, VISION_FAMILIES, build_tiny_components
+        from train.tiny_random import DECODER_FAMILIES, LLM_FAMILIES, VISION_FAMILIES, build_tiny_components
 
-        families = dict(llm=args.llm or "llama", vision=args.vision or "clip")
-        if families["llm"] not in LLM_FAMILIES or families["vision"] not in VISION_FAMILIES:
-            parser.error(f"with --preset tiny-random, --llm is one of {LLM_FAMILIES} and --vision one of {VISION_FAMILIES}")
+        families = dict(llm=args.llm or "llama", vision=args.vision or "clip", decoder=args.decoder or "sd")
+        if (families["llm"] not in LLM_FAMILIES or families["vision"] not in VISION_FAMILIES
+                or families["decoder"] not in DECODER_FAMILIES):
+            parser.error(f"with --preset tiny-random, --llm is one of {LLM_FAMILIES}, --vision one of "
+                         f"{VISION_FAMILIES} and --decoder one of {DECODER_FAMILIES}")
         with tempfile.TemporaryDirectory() as scratch:
             parts = build_tiny_components(scratch, seed=args.seed, **families)
             torch.manual_seed(args.seed)
@@ -289,11 +306,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if not (args.llm and args.vision and args.diffusion):
             parser.error("--llm, --vision and --diffusion are required without --preset")
+        if args.decoder:
+            parser.error("--decoder picks a tiny-random family; a real decoder's family is read from --diffusion")
         diffusion = Path(args.diffusion)
         if not diffusion.is_dir():  # a Hub id: fetch just the decoder's three subfolders
             from huggingface_hub import snapshot_download
 
-            diffusion = Path(snapshot_download(args.diffusion, allow_patterns=[f"{n}/*" for n in DECODER_SUBFOLDERS]))
+            parts = (*DENOISER_SUBFOLDERS, *DECODER_PARTS)  # not the text encoders
+            diffusion = Path(snapshot_download(args.diffusion, allow_patterns=[f"{n}/*" for n in parts]))
         folder = assemble(args.llm, args.vision, diffusion, args.output, args.num_dream_queries or 64, args.dtype,
                           projector_init=args.projector_init, **vision_kwargs)
     print(f"DreamLLM folder written to {folder}")

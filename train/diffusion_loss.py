@@ -1,7 +1,10 @@
-"""DreamLLM's diffusion loss: the noise-prediction loss of the frozen Stable Diffusion decoder, whose gradient flows
-through the UNet into the LLM's `condition_embeds` ("score distillation").
+"""DreamLLM's diffusion loss: the denoising loss of the frozen diffusion decoder, whose gradient flows through the
+denoiser into the LLM's `condition_embeds` ("score distillation"). The decoder family (`decoders_dreamllm.py`) says
+how the condition enters the denoiser and which objective trains it: DDPM noise (or velocity) prediction for the
+Stable Diffusion UNets (SD 1.x/2.x, SDXL), flow matching for SD3/SD3.5, with diffusers' own timestep-density and
+loss-weighting helpers and the folder's `FlowMatchEulerDiscreteScheduler` (its shift shapes the training sigmas).
 
-    loss_fn = DreamLLMDiffusionLoss.from_pretrained("path/to/dreamllm")   # reads unet/, vae/, scheduler/
+    loss_fn = DreamLLMDiffusionLoss.from_pretrained("path/to/dreamllm")   # unet/ or transformer/, vae/, scheduler/
     out = model(**batch)                                                   # out.condition_embeds: (N, Q, C)
     loss = loss_fn(out.condition_embeds, batch["target_pixel_values"],
                    null_condition=model.get_null_condition(), condition_drop_prob=0.1)
@@ -15,12 +18,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.training_utils import compute_snr
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3, compute_snr
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from decoders_dreamllm import StableDiffusionDecoder, decoder_family, denoiser_subfolder, folder_decoder_family
+
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Flow matching as diffusers' SD3 training script does it by default (train_dreambooth_lora_sd3.py): sigmas drawn from
+# a logit-normal density (mean 0, std 1; `mode_scale` for the "mode" scheme), outputs preconditioned to predict x0.
+FLOW_MATCHING_DEFAULTS = dict(weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+DENOISER_CLASSES = {"unet": UNet2DConditionModel, "transformer": SD3Transformer2DModel}
 
 
 def graph_connected_zero(anchors: Iterable[torch.Tensor], device: torch.device | str | None = None) -> torch.Tensor:
@@ -51,9 +66,14 @@ class DreamLLMDiffusionLoss(nn.Module):
     one per condition, in the same order.
 
     Args:
-        unet, vae: the frozen decoder (its parameters get `requires_grad=False`).
-        scheduler: the training noise schedule (`DDPMScheduler`); its `prediction_type` picks the target
-            (`epsilon`: the noise, `v_prediction`: the velocity).
+        unet, vae: the frozen decoder (its parameters get `requires_grad=False`); `unet` is the denoiser of any
+            family (a `UNet2DConditionModel`, or SD3's `SD3Transformer2DModel`), its adapter picked from its class.
+        scheduler: the training noise schedule: a `DDPMScheduler`, whose `prediction_type` picks the target
+            (`epsilon`: the noise, `v_prediction`: the velocity), or for a flow-matching family a
+            `FlowMatchEulerDiscreteScheduler` (sigmas from its timesteps, with its shift).
+        flow_matching: `weighting_scheme`, `logit_mean`, `logit_std`, `mode_scale` of diffusers'
+            `compute_density_for_timestep_sampling` / `compute_loss_weighting_for_sd3` (default
+            `FLOW_MATCHING_DEFAULTS`); flow-matching families only.
         snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023); `None` for the plain mean (official default).
         max_unet_batch: at most this many images per UNet/VAE call. Larger batches run in chunks, each under
             activation checkpointing, so one document with many images holds the activations of one chunk only.
@@ -83,11 +103,30 @@ class DreamLLMDiffusionLoss(nn.Module):
         noise_offset: float = 0.0,
         noise_samples_per_image: int = 1,
         min_timestep: int = 0,
+        flow_matching: dict | None = None,
     ):
         super().__init__()
-        prediction_type = scheduler.config.prediction_type
-        if prediction_type not in SUPPORTED_PREDICTION_TYPES:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected {SUPPORTED_PREDICTION_TYPES}")
+        self.family: StableDiffusionDecoder = decoder_family(type(unet).__name__, unet.config)
+        if self.family.flow_matching:
+            if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+                raise ValueError(f"a {self.family.name} decoder trains by flow matching: its scheduler must be a "
+                                 f"FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
+            if snr_gamma is not None or min_timestep:
+                raise ValueError("snr_gamma and min_timestep are for DDPM decoders; flow matching draws and weighs its "
+                                 "sigmas by `flow_matching['weighting_scheme']`")
+            prediction_type = "flow_matching"
+        else:
+            prediction_type = scheduler.config.prediction_type
+            if prediction_type not in SUPPORTED_PREDICTION_TYPES:
+                raise ValueError(
+                    f"unsupported prediction_type {prediction_type!r}: expected {SUPPORTED_PREDICTION_TYPES}"
+                )
+        unknown = set(flow_matching or {}) - set(FLOW_MATCHING_DEFAULTS)
+        if unknown:
+            raise ValueError(
+                f"unknown flow_matching settings {sorted(unknown)}: expected {sorted(FLOW_MATCHING_DEFAULTS)}"
+            )
+        self.flow_matching_settings = {**FLOW_MATCHING_DEFAULTS, **(flow_matching or {})}
         if noise_samples_per_image < 1:
             raise ValueError(f"noise_samples_per_image must be >= 1, got {noise_samples_per_image}")
         num_train_timesteps = scheduler.config.num_train_timesteps
@@ -106,8 +145,14 @@ class DreamLLMDiffusionLoss(nn.Module):
         self.num_train_timesteps = num_train_timesteps
         self.min_timestep = min_timestep
         # The module's device (it moves with `.to(device)`): noise and timesteps are drawn there. The noise schedule
-        # itself is the scheduler's (`add_noise`, `get_velocity`, diffusers' `compute_snr`).
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
+        # itself is the scheduler's (`add_noise`, `get_velocity`, diffusers' `compute_snr`; the flow-matching
+        # training timesteps and sigmas, which this loss's own scheduler keeps: sampling never resets them).
+        if self.family.flow_matching:
+            self.register_buffer("train_timesteps", scheduler.timesteps.detach().clone().float(), persistent=False)
+            self.register_buffer("train_sigmas", scheduler.sigmas[: len(scheduler.timesteps)].detach().clone().float(),
+                                 persistent=False)
+        else:
+            self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
 
     @classmethod
     def from_pretrained(
@@ -117,12 +162,17 @@ class DreamLLMDiffusionLoss(nn.Module):
         vae_dtype: torch.dtype = torch.float32,
         **kwargs,
     ) -> DreamLLMDiffusionLoss:
-        """Load the decoder from a DreamLLM folder's `unet/`, `vae/` and `scheduler/` (the scheduler as a
-        `DDPMScheduler` with the folder's betas, whatever sampler the folder ships for inference)."""
+        """Load the decoder from a DreamLLM folder's `unet/` or `transformer/`, `vae/` and `scheduler/` (the scheduler
+        as a `DDPMScheduler` with the folder's betas, whatever sampler the folder ships for inference; as a
+        `FlowMatchEulerDiscreteScheduler` with the folder's shift for a flow-matching family)."""
         folder = Path(folder)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=unet_dtype or torch.float32)
+        subfolder = denoiser_subfolder(folder)
+        unet = DENOISER_CLASSES[subfolder].from_pretrained(folder, subfolder=subfolder,
+                                                           torch_dtype=unet_dtype or torch.float32)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype)
-        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(folder, subfolder="scheduler"))
+        flow_matching = folder_decoder_family(folder).flow_matching
+        scheduler_class = FlowMatchEulerDiscreteScheduler if flow_matching else DDPMScheduler
+        scheduler = scheduler_class.from_config(scheduler_class.load_config(folder, subfolder="scheduler"))
         return cls(unet, vae, scheduler, **kwargs)
 
     def train(self, mode: bool = True) -> DreamLLMDiffusionLoss:
@@ -138,7 +188,7 @@ class DreamLLMDiffusionLoss(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.alphas_cumprod.device
+        return next(self.buffers()).device
 
     # ------------------------------------------------------------------------------------------------- pieces
     def latent_shape(self, target_pixel_values: torch.Tensor) -> tuple[int, ...]:
@@ -165,11 +215,20 @@ class DreamLLMDiffusionLoss(nn.Module):
         return latents * vae.config.scaling_factor
 
     def _per_image_loss(
-        self, condition: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor
+        self, condition: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, target: torch.Tensor,
+        sigmas: torch.Tensor | None = None,
     ) -> torch.Tensor:
         unet_dtype = self.unet.dtype
-        prediction = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=condition.to(unet_dtype)).sample
-        return F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        image_size = (noisy.shape[-2] * self.vae_scale_factor, noisy.shape[-1] * self.vae_scale_factor)
+        prediction = self.family.predict(self.unet, noisy.to(unet_dtype), timesteps, condition.to(unet_dtype),
+                                         image_size=image_size).float()
+        if sigmas is not None:  # flow matching, preconditioned as diffusers' SD3 script: x0 = x_t - sigma * v
+            prediction = noisy - sigmas[:, None, None, None] * prediction
+        return F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # --------------------------------------------------------------------------------------------------- loss
     def forward(
@@ -208,15 +267,28 @@ class DreamLLMDiffusionLoss(nn.Module):
         noise = torch.randn((num_inputs, *shape[1:]), device=self.device)
         if self.noise_offset:
             noise = noise + self.noise_offset * torch.randn(num_inputs, shape[1], 1, 1, device=self.device)
-        timesteps = torch.randint(self.min_timestep, self.num_train_timesteps, (num_inputs,), device=self.device)
+        if self.family.flow_matching:
+            settings = self.flow_matching_settings
+            u = compute_density_for_timestep_sampling(batch_size=num_inputs, device=self.device, **settings)
+            indices = (u * self.num_train_timesteps).long().clamp(max=self.num_train_timesteps - 1).to(self.device)
+        else:
+            timesteps = torch.randint(self.min_timestep, self.num_train_timesteps, (num_inputs,), device=self.device)
         dropped = torch.rand(num_inputs, device=self.device) < condition_drop_prob if condition_drop_prob > 0 else None
         latents = self.encode_latents(target_pixel_values, sample_noise)
         condition = condition_embeds.to(self.device)
         if draws > 1:
             latents = latents.repeat_interleave(draws, dim=0)
             condition = condition.repeat_interleave(draws, dim=0)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, timesteps)
+        sigmas = None
+        if self.family.flow_matching:
+            # diffusers' SD3 recipe: x_t = (1 - sigma) x0 + sigma noise at the scheduler's training timesteps.
+            timesteps, sigmas = self.train_timesteps[indices], self.train_sigmas[indices]
+            noisy = (1.0 - sigmas[:, None, None, None]) * latents + sigmas[:, None, None, None] * noise
+            target = latents
+        else:
+            noisy = self.scheduler.add_noise(latents, noise, timesteps)
+            target = (noise if self.prediction_type == "epsilon"
+                      else self.scheduler.get_velocity(latents, noise, timesteps))
 
         if condition_drop_prob > 0:
             if null_condition is None:
@@ -224,23 +296,27 @@ class DreamLLMDiffusionLoss(nn.Module):
             null = null_condition.to(device=self.device, dtype=condition.dtype).expand_as(condition)
             condition = torch.where(dropped[:, None, None], null, condition)
 
+        inputs = [condition, noisy, timesteps, target, *([] if sigmas is None else [sigmas])]
         chunk = self.max_unet_batch or num_inputs
         if chunk >= num_inputs:
-            per_image = self._per_image_loss(condition, noisy, timesteps, target)
+            per_image = self._per_image_loss(*inputs)
         else:
             # The noise and timesteps were drawn above, so recomputing a chunk in the backward pass is exact.
             recompute = torch.is_grad_enabled()
             pieces = []
             for start in range(0, num_inputs, chunk):
-                args = [x[start : start + chunk] for x in (condition, noisy, timesteps, target)]
+                args = [x[start : start + chunk] for x in inputs]
                 if recompute:
                     pieces.append(checkpoint(self._per_image_loss, *args, use_reentrant=False))
                 else:
                     pieces.append(self._per_image_loss(*args))
             per_image = torch.cat(pieces)
+        if sigmas is not None:
+            scheme = self.flow_matching_settings["weighting_scheme"]
+            per_image = per_image * compute_loss_weighting_for_sd3(scheme, sigmas)
         if self.snr_gamma is not None:
             per_image = per_image * min_snr_weights(self.scheduler, timesteps, self.snr_gamma, self.prediction_type)
         return per_image.mean()
 
 
-__all__ = ["DreamLLMDiffusionLoss", "graph_connected_zero", "min_snr_weights"]
+__all__ = ["FLOW_MATCHING_DEFAULTS", "DreamLLMDiffusionLoss", "graph_connected_zero", "min_snr_weights"]

@@ -26,14 +26,14 @@ import torch
 from safetensors import safe_open
 
 from modeling_dreamllm import DreamLLMForConditionalGeneration
-from train.assemble import DECODER_SUBFOLDERS, register_auto_classes, staged_folder
+from train.assemble import decoder_subfolders, register_auto_classes, staged_folder
 from train.checkpoints import check_model_folder
 from train.errors import InputError
 from train.stages import load_processor
 from train.trainer import complete_folder
 
 FROM_COMPREHENSION = ("model.vision_projector.",)
-FROM_CREATION = ("model.dream_queries.", "model.condition_projector.")
+FROM_CREATION = ("model.dream_queries.", "model.condition_projector.", "model.pooled_projector.")
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -49,7 +49,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def _same_decoder(first: Path, second: Path) -> None:
-    for name in DECODER_SUBFOLDERS:
+    for name in decoder_subfolders(first):
         comparison = filecmp.dircmp(first / name, second / name)
         different = comparison.left_only + comparison.right_only
         different += [file for file in comparison.common_files if not filecmp.cmp(first / name / file,

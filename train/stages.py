@@ -61,6 +61,8 @@ from train.trainer import DreamLLMTrainer
 logger = logging.getLogger(__name__)
 
 PROJECTORS_AND_QUERIES = ("vision_projector", "dream_queries", "condition_projector")
+# Decoders with a pooled input (SDXL, SD3) add this projector beside the condition projector; it trains with it.
+POOLED_PROJECTOR = "pooled_projector"
 # The parts of a DreamLLMForConditionalGeneration that can train; CLIP (`model.vision_tower`) and the decoder never
 # do: `set_stage_trainable` freezes everything else (loading leaves every parameter trainable).
 LANGUAGE_MODEL_PARTS = ("model.language_model", "lm_head")
@@ -304,6 +306,8 @@ def set_stage_trainable(model: DreamLLMForConditionalGeneration, stage: str, ali
     model.requires_grad_(False)
     for path in trained_parts(stage, alignment):
         model.get_submodule(path).requires_grad_(True)
+        if path == "model.condition_projector" and hasattr(model.model, POOLED_PROJECTOR):
+            model.model.pooled_projector.requires_grad_(True)
 
 
 # LoRA on the LLM's projections only: CLIP has q_proj/k_proj/v_proj too, and "all-linear" would catch the projectors.
@@ -463,7 +467,8 @@ def build_trainer(script_args: DreamLLMArguments, training_args: SFTConfig) -> D
             raise InputError(f"--lora_r: LoRA adapts the language model, which {script_args.stage} keeps frozen")
         model.requires_grad_(False)
         model = apply_lora(model, script_args.lora_r, script_args.lora_alpha, script_args.lora_dropout,
-                           train_modules=PROJECTORS_AND_QUERIES)
+                           train_modules=PROJECTORS_AND_QUERIES + ((POOLED_PROJECTOR,) * hasattr(model.model,
+                                                                                                  POOLED_PROJECTOR)))
     with zero3_init_disabled():
         diffusion_loss = DreamLLMDiffusionLoss.from_pretrained(
             folder,

@@ -1,10 +1,11 @@
 """Tiny random pretrained components in their native formats (an LLM with its tokenizer, a vision tower with its
-image processor, a Stable Diffusion folder), for tests and quick tries of `train.assemble --preset tiny-random`.
+image processor, a diffusers decoder folder of each family: Stable Diffusion, SDXL, SD3), for tests and quick tries
+of `train.assemble --preset tiny-random`.
 
 Each supported family is built from its own transformers classes and saved with `save_pretrained`, so the folders
 load exactly as the full-size checkpoints do:
 
-    python -m train.tiny_random --llm qwen2 --vision siglip --output /tmp/tiny-parts
+    python -m train.tiny_random --llm qwen2 --vision siglip --decoder sd3 --output /tmp/tiny-parts
     python -m train.assemble --llm /tmp/tiny-parts/llm --vision /tmp/tiny-parts/vision \
         --diffusion /tmp/tiny-parts/diffusion --output /tmp/dreamllm-tiny-qwen2-siglip
 """
@@ -15,7 +16,14 @@ import string
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessorPil,
@@ -45,6 +53,9 @@ TINY_CORPUS = [
 ]
 LLM_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 VISION_FAMILIES = ("clip", "siglip")
+DECODER_FAMILIES = ("sd", "sdxl", "sd3")
+# Pooled-input width of the tiny SDXL and SD3 decoders (1280 and 2048 at full size).
+TINY_POOLED_SIZE = 12
 # The chat templates the families' instruct checkpoints ship: Qwen2-Instruct's ChatML and Mistral-7B-Instruct-v0.1's.
 QWEN2_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -167,17 +178,19 @@ def save_tiny_vision(folder: Path, family: str = "clip") -> None:
 
 
 def build_tiny_components(
-    root: str | Path, seed: int = 0, condition_hidden_size: int = 16, llm: str = "llama", vision: str = "clip"
+    root: str | Path, seed: int = 0, condition_hidden_size: int = 16, llm: str = "llama", vision: str = "clip",
+    decoder: str = "sd",
 ) -> dict[str, Path]:
     """Write `llm/`, `vision/` and `diffusion/` under `root` with `save_pretrained`; returns their paths."""
-    if llm not in LLM_FAMILIES or vision not in VISION_FAMILIES:
-        raise ValueError(f"unknown family llm={llm!r} vision={vision!r}: expected {LLM_FAMILIES} and {VISION_FAMILIES}")
+    if llm not in LLM_FAMILIES or vision not in VISION_FAMILIES or decoder not in DECODER_FAMILIES:
+        raise ValueError(f"unknown family llm={llm!r} vision={vision!r} decoder={decoder!r}: expected "
+                         f"{LLM_FAMILIES}, {VISION_FAMILIES} and {DECODER_FAMILIES}")
     root = Path(root)
     torch.manual_seed(seed)
     save_tiny_llm(root / "llm", llm)
     save_tiny_vision(root / "vision", vision)
     diffusion = root / "diffusion"
-    save_tiny_decoder(diffusion, condition_hidden_size)
+    save_tiny_decoder(diffusion, condition_hidden_size, family=decoder)
     return {"llm": root / "llm", "vision": root / "vision", "diffusion": diffusion}
 
 
@@ -188,8 +201,18 @@ def save_tiny_decoder(
     latent_size: int = 8,
     attention_head_dim: int = 2,
     norm_num_groups: int = 4,
+    family: str = "sd",
 ) -> None:
-    """A random Stable Diffusion decoder (`unet/`, `vae/`, `scheduler/`) whose images are `2 * latent_size` px."""
+    """A random diffusers decoder of `family` whose images are `2 * latent_size` px, in its native layout: `sd` and
+    `sdxl` a `unet/` (SDXL's with `text_time` added conditioning), `sd3` an MMDiT `transformer/` over a 16-channel
+    VAE with a shift factor and a shifted flow-matching scheduler; each with `vae/` and `scheduler/`."""
+    if family not in DECODER_FAMILIES:
+        raise ValueError(f"unknown decoder family {family!r}: expected one of {DECODER_FAMILIES}")
+    if family == "sd3":
+        _save_tiny_sd3(folder, condition_hidden_size, channels, latent_size, norm_num_groups)
+        return
+    sdxl = dict(addition_embed_type="text_time", addition_time_embed_dim=4,
+                projection_class_embeddings_input_dim=TINY_POOLED_SIZE + 6 * 4) if family == "sdxl" else {}
     UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=4,
@@ -201,6 +224,7 @@ def save_tiny_decoder(
         cross_attention_dim=condition_hidden_size,
         attention_head_dim=attention_head_dim,
         norm_num_groups=norm_num_groups,
+        **sdxl,
     ).save_pretrained(folder / "unet")
     AutoencoderKL(
         in_channels=3,
@@ -212,15 +236,55 @@ def save_tiny_decoder(
         norm_num_groups=norm_num_groups,
         sample_size=2 * latent_size,
     ).save_pretrained(folder / "vae")
+    if family == "sdxl":  # SDXL ships an Euler sampler over the same scaled-linear betas
+        EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").save_pretrained(
+            folder / "scheduler"
+        )
+        return
     DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
     ).save_pretrained(folder / "scheduler")
+
+
+def _save_tiny_sd3(folder: Path, condition_hidden_size: int, channels: tuple[int, int], latent_size: int,
+                   norm_num_groups: int) -> None:
+    """SD3.5's layout at tiny size: `SD3Transformer2DModel`, a 16-channel `AutoencoderKL` with SD3's scaling and
+    shift factors, `FlowMatchEulerDiscreteScheduler` with SD3's shift of 3."""
+    SD3Transformer2DModel(
+        sample_size=latent_size,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=condition_hidden_size,
+        caption_projection_dim=16,
+        pooled_projection_dim=TINY_POOLED_SIZE,
+        pos_embed_max_size=latent_size,
+    ).save_pretrained(folder / "transformer")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=norm_num_groups,
+        sample_size=2 * latent_size,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).save_pretrained(folder / "vae")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(folder / "scheduler")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", choices=LLM_FAMILIES, default="llama")
     parser.add_argument("--vision", choices=VISION_FAMILIES, default="clip")
+    parser.add_argument("--decoder", choices=DECODER_FAMILIES, default="sd")
     parser.add_argument("--condition-hidden-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="a new folder; llm/, vision/ and diffusion/ are written in it")
@@ -230,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     from dreamllm_common.folders import staged_folder
 
     with staged_folder(Path(args.output)) as staging:
-        build_tiny_components(staging, args.seed, args.condition_hidden_size, args.llm, args.vision)
-    print(f"tiny {args.llm} / {args.vision} / Stable Diffusion parts written to {args.output}")
+        build_tiny_components(staging, args.seed, args.condition_hidden_size, args.llm, args.vision, args.decoder)
+    print(f"tiny {args.llm} / {args.vision} / {args.decoder} parts written to {args.output}")
 
 
 if __name__ == "__main__":

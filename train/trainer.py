@@ -42,7 +42,7 @@ from trl import SFTConfig, SFTTrainer
 from dreamllm_common.folders import clear_staging, publish_folder, staging_path
 from processing_dreamllm import IGNORE_INDEX
 from train.adapters import ADAPTER_WEIGHTS_NAME, is_adapter_folder, save_adapter
-from train.assemble import DECODER_SUBFOLDERS, write_pipeline_files
+from train.assemble import decoder_subfolders, write_pipeline_files
 from train.checkpoints import check_resumable, weight_names
 from train.cpu_fsdp import enable_fsdp_on_cpu
 from train.data.collator import DreamLLMDataCollator, LengthBucket
@@ -53,7 +53,7 @@ from train.errors import InputError
 from train.same_graph import append_null_row, project_images_first
 
 ADAPTER_SUBFOLDER = "adapter"  # LoRA runs saved merged: the adapter, for resuming; the root holds the plain model
-DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector")
+DREAM_PARAMETER_MARKERS = ("dream_queries", "condition_projector", "pooled_projector")
 # A batch's rows run in one forward pass per length bucket (a bucket ends where rows are at most this share of its
 # longest): short Q&A samples batched with long interleaved documents then skip the documents' padding.
 LENGTH_BUCKET_RATIO = 0.5
@@ -65,10 +65,8 @@ LENGTH_BUCKET_RATIO = 0.5
 def complete_folder(folder: str | Path, decoder_source: str | Path) -> None:
     """Add the frozen decoder (copied from the folder the run started from) and the pipeline files to a model."""
     folder, decoder_source = Path(folder), Path(decoder_source)
-    for name in DECODER_SUBFOLDERS:
+    for name in decoder_subfolders(decoder_source):  # an error naming what the source lacks
         if not (folder / name).exists():
-            if not (decoder_source / name).is_dir():
-                raise FileNotFoundError(f"{decoder_source} has no {name}/ to copy into {folder}")
             shutil.copytree(decoder_source / name, folder / name)
     write_pipeline_files(folder)
 

@@ -33,9 +33,9 @@ class DreamLLMModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     image_outputs (`BaseModelOutputWithPooling`, *optional*):
         The vision tower's output for the input images; `pooler_output` holds one `(num_image_tokens, hidden_size)`
         projected feature tensor per image. `None` when the call had no images.
-    condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, condition_hidden_size)`):
+    condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, width)`):
         Diffusion-decoder conditions, one per creation block of the batch in document order; `None` when there are
-        none.
+        none. `width` is `condition_hidden_size + pooled_condition_hidden_size` (the context, then the pooled part).
     """
 
     condition_embeds: torch.FloatTensor | None = None
@@ -46,9 +46,9 @@ class DreamLLMCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     r"""
     image_outputs (`BaseModelOutputWithPooling`, *optional*):
         As in [`DreamLLMModelOutputWithPast`].
-    condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, condition_hidden_size)`):
+    condition_embeds (`torch.FloatTensor` of shape `(num_creation_blocks, num_dream_queries, width)`):
         Diffusion-decoder conditions, one per creation block of the batch in document order; `None` when there are
-        none.
+        none. `width` is `condition_hidden_size + pooled_condition_hidden_size` (the context, then the pooled part).
     """
 
     condition_embeds: torch.FloatTensor | None = None
@@ -183,6 +183,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.dream_queries = nn.Embedding(config.num_dream_queries, text_hidden)
         self.condition_projector = nn.Linear(text_hidden, config.condition_hidden_size, bias=False)
+        # Decoders with a pooled input (SDXL, SD3) get it from the same states through their own projector; linear and
+        # bias-free, so the decoder adapter's mean over queries equals projecting the mean dream-query state.
+        if config.pooled_condition_hidden_size:
+            self.pooled_projector = nn.Linear(text_hidden, config.pooled_condition_hidden_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -388,6 +392,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             query_states = outputs.last_hidden_state[layout.dream_mask]
             query_states = query_states.view(num_creation_blocks, self.config.num_dream_queries, -1)
             condition_embeds = self.condition_projector(query_states)
+            if self.config.pooled_condition_hidden_size:
+                condition_embeds = torch.cat([condition_embeds, self.pooled_projector(query_states)], dim=-1)
         return DreamLLMModelOutputWithPast(**outputs, image_outputs=image_outputs, condition_embeds=condition_embeds)
 
     def null_condition_ids(self, device: torch.device | None = None) -> torch.LongTensor:
@@ -401,7 +407,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         return torch.tensor([ids], device=device if device is not None else self.dream_queries.weight.device)
 
     def get_null_condition(self) -> torch.FloatTensor:
-        """The condition of the empty prompt, `(1, Q, condition_hidden_size)`: the unconditional branch of
+        """The condition of the empty prompt, `(1, Q, condition width)`: the unconditional branch of
         classifier-free guidance, in training (condition dropout) and sampling alike. Differentiable."""
         return self(input_ids=self.null_condition_ids(), use_cache=False, return_dict=True).condition_embeds
 

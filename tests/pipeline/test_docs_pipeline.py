@@ -26,6 +26,6 @@ def test_pipeline_doc_examples_run():
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout
     assert "all examples ran" in output
-    assert "['llm', 'processor', 'scheduler', 'unet', 'vae']" in output
+    assert "['llm', 'processor', 'scheduler', 'transformer', 'unet', 'vae']" in output
     assert "(4, 64, 64, 3)" in output and "variant=ema" in output
     assert output.count("must be") >= 3  # the validation examples' errors name their argument

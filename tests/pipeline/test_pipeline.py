@@ -89,7 +89,8 @@ def test_folder_is_a_diffusers_pipeline(tiny_folder):
     assert index["processor"] == ["processing_dreamllm", "DreamLLMProcessor"]
     assert not (tiny_folder / "llm").exists() and not (tiny_folder / "processor").exists()
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
-    assert (tiny_folder / "pipeline_dreamllm.py").is_file() and (tiny_folder / "interleaved_dreamllm.py").is_file()
+    assert all((tiny_folder / name).is_file() for name in ("pipeline_dreamllm.py", "interleaved_dreamllm.py",
+                                                           "decoders_dreamllm.py"))
     # the folder keeps the training scheduler; the sampler is built from it
     training_scheduler = json.loads((tiny_folder / "scheduler" / "scheduler_config.json").read_text())
     assert training_scheduler["_class_name"] == "DDIMScheduler"

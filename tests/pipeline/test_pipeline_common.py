@@ -44,7 +44,9 @@ def module_dtypes(pipe) -> dict:
 
 
 def test_components_round_trip(pipe):
-    assert set(pipe.components) == {"llm", "processor", "unet", "vae", "scheduler"}
+    # one denoiser per folder: a Stable Diffusion folder's `transformer` (SD3's denoiser) is None
+    assert set(pipe.components) == {"llm", "processor", "unet", "vae", "scheduler", "transformer"}
+    assert pipe.transformer is None and pipe.denoiser is pipe.unet
     again = DreamLLMPipeline(**pipe.components)
     again.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(pipe), run(again))

@@ -27,7 +27,8 @@ def seeded():
 
 
 def test_optional_components_are_every_component():
-    assert set(DreamLLMPipeline._optional_components) == {*ENCODER, *DECODER}
+    # `transformer` is the denoiser of SD3 folders (tests/model/test_decoders.py), None beside a `unet`
+    assert set(DreamLLMPipeline._optional_components) == {*ENCODER, *DECODER, "transformer"}
 
 
 @pytest.mark.parametrize("left_out", [ENCODER, DECODER], ids=["encoder", "decoder"])

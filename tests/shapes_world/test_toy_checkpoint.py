@@ -42,7 +42,8 @@ def test_folder_is_complete_and_small():
 
 
 @pytest.mark.parametrize("name", ["configuration_dreamllm.py", "modeling_dreamllm.py", "processing_dreamllm.py",
-                                  "pipeline_dreamllm.py", "interleaved_dreamllm.py"])
+                                  "pipeline_dreamllm.py", "interleaved_dreamllm.py",
+                                  "decoders_dreamllm.py"])
 def test_remote_code_is_the_current_code(name):
     # `trust_remote_code` runs the folder's copy: it must not fall behind the top-level module it was saved from.
     assert (CHECKPOINT / name).read_text() == (CHECKPOINT.parents[1] / name).read_text(), f"re-save checkpoints/toy ({name})"

@@ -134,7 +134,7 @@ def convert_original(
                 staging / component, tensors, torch_dtype, "diffusion_pytorch_model", max_shard_size
             )
 
-        _, resolution = decoder_geometry(staging)
+        *_, resolution = decoder_geometry(staging)
         tokenizer.model_max_length = config.text_config.max_position_embeddings
         processor = DreamLLMProcessor(
             image_processor=image_processor,
