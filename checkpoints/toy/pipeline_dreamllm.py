@@ -308,7 +308,7 @@ class DreamLLMPipeline(DiffusionPipeline):
     ```
 
     Classifier-free guidance: the unconditional branch is `llm.get_null_condition()` (the creation block after an
-    empty prompt), computed once and cached; a `negative_prompt` replaces it and is encoded like a prompt. Both
+    empty prompt), computed in each call; a `negative_prompt` replaces it and is encoded like a prompt. Both
     branches run in one UNet call per step.
     """
 
@@ -330,7 +330,6 @@ class DreamLLMPipeline(DiffusionPipeline):
                               transformer=transformer)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._null_condition_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def denoiser(self) -> torch.nn.Module | None:
@@ -518,15 +517,12 @@ class DreamLLMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def null_condition(self) -> torch.Tensor:
         """The unconditional branch of guidance, `llm.get_null_condition()`: the condition of the creation block
-        after an empty prompt, `(1, Q, condition_hidden_size)`. Computed once and cached; recomputed when the llm
-        or its dream queries change (another object, or an in-place update)."""
+        after an empty prompt, `(1, Q, condition_hidden_size)`. Computed for each call (one forward of Q + 3 tokens,
+        small beside the denoising loop), never cached: it depends on the whole llm, so a loaded or switched adapter,
+        or a training step, changes it."""
         self._require("The null condition of classifier-free guidance", "llm")
-        queries = self.llm.model.dream_queries.weight
-        key = (id(self.llm), id(queries), queries._version, queries.dtype)
-        if self._null_condition_cache is None or self._null_condition_cache[0] != key:
-            # On the execution device: under sequential offload the llm's own weights sit on `meta`.
-            self._null_condition_cache = (key, self.llm.get_null_condition(device=self._execution_device))
-        return self._null_condition_cache[1]
+        # On the execution device: under sequential offload the llm's own weights sit on `meta`.
+        return self.llm.get_null_condition(device=self._execution_device)
 
     def _text_ids(self, text: str) -> list[int]:
         """Token ids of prompt text, read literally: a typed `<dream>`, `<im_patch>` or `</s>` stays text, so blocks
@@ -599,7 +595,7 @@ class DreamLLMPipeline(DiffusionPipeline):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         r"""
         Encode prompts (and negative prompts, in the same LLM call) into UNet conditions `(B*n, Q, C)`, row by row in
-        prompt order; with guidance and no negative prompt the unconditional branch is the cached null condition.
+        prompt order; with guidance and no negative prompt the unconditional branch is the null condition.
         Prompt text is read literally: `<dream>`, `<image>` or block tokens typed in it are text, never blocks.
         Needs the llm and processor only for what is not given as embeddings.
 

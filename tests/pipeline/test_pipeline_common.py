@@ -106,7 +106,7 @@ def test_to_dtype_moves_every_model_and_still_samples(pipe):
     float_image = run(pipe, output_type="pt")
     pipe.to(torch.bfloat16)
     assert set(module_dtypes(pipe).values()) == {torch.bfloat16}
-    assert pipe.null_condition().dtype == torch.bfloat16  # the cached null condition follows the weights
+    assert pipe.null_condition().dtype == torch.bfloat16  # the null condition follows the weights' dtype
     image = run(pipe, output_type="pt")
     assert image.shape == float_image.shape and torch.isfinite(image).all()
 
