@@ -226,16 +226,7 @@ def save_tiny_decoder(
         norm_num_groups=norm_num_groups,
         **sdxl,
     ).save_pretrained(folder / "unet")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=channels,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=norm_num_groups,
-        sample_size=2 * latent_size,
-    ).save_pretrained(folder / "vae")
+    _save_tiny_vae(folder, channels, latent_size, norm_num_groups)
     if family == "sdxl":  # SDXL ships an Euler sampler over the same scaled-linear betas
         EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").save_pretrained(
             folder / "scheduler"
@@ -244,6 +235,22 @@ def save_tiny_decoder(
     DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
     ).save_pretrained(folder / "scheduler")
+
+
+def _save_tiny_vae(folder: Path, channels: tuple[int, int], latent_size: int, norm_num_groups: int,
+                   **family_config) -> None:
+    """A two-block `AutoencoderKL` in `folder/vae` (4 latent channels unless `family_config` says otherwise)."""
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=family_config.pop("latent_channels", 4),
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=norm_num_groups,
+        sample_size=2 * latent_size,
+        **family_config,
+    ).save_pretrained(folder / "vae")
 
 
 def _save_tiny_sd3(folder: Path, condition_hidden_size: int, channels: tuple[int, int], latent_size: int,
@@ -263,20 +270,8 @@ def _save_tiny_sd3(folder: Path, condition_hidden_size: int, channels: tuple[int
         pooled_projection_dim=TINY_POOLED_SIZE,
         pos_embed_max_size=latent_size,
     ).save_pretrained(folder / "transformer")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=channels,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=norm_num_groups,
-        sample_size=2 * latent_size,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).save_pretrained(folder / "vae")
+    _save_tiny_vae(folder, channels, latent_size, norm_num_groups, latent_channels=16, scaling_factor=1.5305,
+                   shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(folder / "scheduler")
 
 

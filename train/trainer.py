@@ -433,7 +433,8 @@ class DreamLLMTrainer(SFTTrainer):
     def save_final(self, output_dir: str | None = None) -> str:
         """Save the trained model as a complete, plain DreamLLM folder (a LoRA run: its adapter folder) at
         `output_dir` (default `args.output_dir`, which may already hold checkpoints): written into a staging sibling,
-        which then replaces `output_dir` whole, keeping its checkpoints and logs (`dreamllm_common.folders.publish_folder`)."""
+        which then replaces `output_dir` whole, keeping its checkpoints and logs
+        (`dreamllm_common.folders.publish_folder`)."""
         output_dir = output_dir or self.args.output_dir
         staging = staging_path(output_dir)
         if self.args.should_save:
